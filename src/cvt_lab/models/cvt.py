@@ -1,0 +1,352 @@
+"""The Convolutional vision Transformer (Wu et al. 2021, arXiv 2103.15808).
+
+Tokens travel as (B, N, C). Where a block needs a feature map it takes a
+(B, C, H, W) *view* of the same memory (channels-last strides), so the conv
+projections cost no copies. Module and parameter names follow the original
+research code (``stage{i}.patch_embed``, ``blocks.{j}.attn.conv_proj_q``...),
+which keeps the checkpoint converters short.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .config import CvTConfig
+
+
+class QuickGELU(nn.Module):
+    """x * sigmoid(1.702 x): the original CvT code's activation."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
+
+
+def make_activation(name: str) -> nn.Module:
+    return QuickGELU() if name == "quick_gelu" else nn.GELU()
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drops the residual branch per sample (never the skip path)."""
+
+    def __init__(self, rate: float = 0.0) -> None:
+        super().__init__()
+        self.rate = rate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rate == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.rate
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"rate={self.rate:.3f}"
+
+
+class ConvEmbed(nn.Module):
+    """Token embedding: a strided conv over the previous map, then LayerNorm over channels.
+
+    Args:
+        in_chans: channels of the input map.
+        dim: embedding width.
+        kernel, stride, padding: conv geometry (overlapping 7/4/2 in stage 1 of the paper;
+            kernel == stride and padding 0 is the non-overlapping "patch" ablation).
+    """
+
+    def __init__(self, in_chans: int, dim: int, kernel: int, stride: int, padding: int,
+                 eps: float = 1e-5) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel, stride, padding)
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        _, _, h, w = x.shape
+        x = x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
+        return self.norm(x), h, w
+
+
+class ConvProjection(nn.Module):
+    """Squeezes a (B, C, H, W) map into tokens for q, k or v (paper Sec. 3.2, Table 8).
+
+    ``dw_bn``: depthwise conv (no bias) + BatchNorm; ``avg``: average pooling;
+    ``linear``: identity (plain ViT projection).
+    """
+
+    def __init__(self, dim: int, method: str, kernel: int, stride: int, padding: int) -> None:
+        super().__init__()
+        self.method = method
+        self.kernel, self.stride, self.padding = kernel, stride, padding
+        if method == "dw_bn":
+            self.conv = nn.Conv2d(dim, dim, kernel, stride, padding, groups=dim, bias=False)
+            self.bn = nn.BatchNorm2d(dim)
+        elif method == "avg":
+            self.pool = nn.AvgPool2d(kernel, stride, padding, ceil_mode=True)
+
+    def out_hw(self, h: int, w: int) -> tuple[int, int]:
+        """Size of the projected token map: what the queries actually attend over."""
+        if self.method == "linear":
+            return h, w
+        ceil = self.method == "avg"  # pooling uses ceil_mode, as the original code does
+        return tuple(token_grid(n, self.kernel, self.stride, self.padding, ceil) for n in (h, w))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.method == "dw_bn":
+            x = self.bn(self.conv(x))
+        elif self.method == "avg":
+            x = self.pool(x)
+        return x.flatten(2).transpose(1, 2)  # (B, C, H, W) -> (B, HW, C)
+
+
+class ConvAttention(nn.Module):
+    """Multi-head attention over convolutionally projected q/k/v.
+
+    The scale is ``dim ** -0.5`` (full width, as both published implementations do). A
+    cls token, when present, skips the conv projection and joins before the Linears.
+    """
+
+    def __init__(self, dim: int, num_heads: int, method: str, kernel: int,
+                 padding_q: int, padding_kv: int, stride_q: int, stride_kv: int,
+                 qkv_bias: bool = True, attn_drop: float = 0.0, proj_drop: float = 0.0,
+                 has_cls: bool = False) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.scale = dim ** -0.5
+        self.has_cls = has_cls
+        self.attn_drop = attn_drop
+        # the original code never average-pools q: it projects q linearly with 'avg'
+        q_method = "linear" if method == "avg" else method
+        self.conv_proj_q = ConvProjection(dim, q_method, kernel, stride_q, padding_q)
+        self.conv_proj_k = ConvProjection(dim, method, kernel, stride_kv, padding_kv)
+        self.conv_proj_v = ConvProjection(dim, method, kernel, stride_kv, padding_kv)
+        self.proj_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_k = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj_v = nn.Linear(dim, dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape  # (B, N, C) -> (B, heads, N, C / heads)
+        return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, h: int, w: int, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b, n, c = x.shape
+        cls = None
+        if self.has_cls:
+            cls, x = x[:, :1], x[:, 1:]
+        fmap = x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # a channels-last view, no copy
+        q, k, v = self.conv_proj_q(fmap), self.conv_proj_k(fmap), self.conv_proj_v(fmap)
+        if cls is not None:
+            q, k, v = (torch.cat([cls, t], dim=1) for t in (q, k, v))
+        q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
+        weights = None
+        if need_weights:  # explicit path, for visualisation
+            weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
+            out = F.dropout(weights, self.attn_drop, self.training) @ v
+        else:
+            out = F.scaled_dot_product_attention(
+                q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
+        out = out.transpose(1, 2).reshape(b, -1, c)  # (B, heads, N, d) -> (B, N, C)
+        return self.proj_drop(self.proj(out)), weights
+
+
+class Mlp(nn.Module):
+    def __init__(self, dim: int, hidden: int, activation: str, drop: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = make_activation(activation)
+        self.fc2 = nn.Linear(hidden, dim)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: x + attn(LN(x)), then x + mlp(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float, activation: str,
+                 drop: float, drop_path: float, eps: float, **attn_kwargs: Any) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = ConvAttention(dim, num_heads, proj_drop=drop, **attn_kwargs)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), activation, drop)
+
+    def forward(self, x: torch.Tensor, h: int, w: int, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_out, weights = self.attn(self.norm1(x), h, w, need_weights)
+        x = x + self.drop_path(attn_out)
+        x = x + self.drop_path(self.mlp(self.norm2(x)))
+        return x, weights
+
+
+class Stage(nn.Module):
+    """Token embedding, optional position embedding and cls token, then blocks."""
+
+    def __init__(self, cfg: CvTConfig, index: int, in_chans: int, grid: tuple[int, int]) -> None:
+        super().__init__()
+        i = index
+        dim = cfg.embed_dims[i]
+        if cfg.token_embed[i] == "patch":
+            kernel, stride, padding = cfg.patch_stride[i], cfg.patch_stride[i], 0
+        else:
+            kernel, stride, padding = cfg.patch_size[i], cfg.patch_stride[i], cfg.patch_padding[i]
+        self.patch_embed = ConvEmbed(in_chans, dim, kernel, stride, padding, cfg.layer_norm_eps)
+        self.grid = grid  # token grid at cfg.img_size; position embeddings are sized for it
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim)) if cfg.pos_embed[i] else None
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.cls_token[i] else None
+        self.pos_drop = nn.Dropout(cfg.drop_rate[i])
+        rates = torch.linspace(0, cfg.drop_path[i], cfg.depths[i]).tolist()
+        self.blocks = nn.ModuleList(
+            Block(dim, cfg.num_heads[i], cfg.mlp_ratio[i], cfg.activation, cfg.drop_rate[i],
+                  rate, cfg.layer_norm_eps, method=cfg.projection[i], kernel=cfg.kernel_qkv[i],
+                  padding_q=cfg.padding_q[i], padding_kv=cfg.padding_kv[i],
+                  stride_q=cfg.stride_q[i], stride_kv=cfg.stride_kv[i], qkv_bias=cfg.qkv_bias[i],
+                  attn_drop=cfg.attn_drop[i], has_cls=cfg.cls_token[i])
+            for rate in rates
+        )
+        self.grad_checkpointing = False
+
+    def _pos_embed(self, h: int, w: int) -> torch.Tensor:
+        pe = self.pos_embed
+        if (h, w) == self.grid:
+            return pe
+        # resolution differs from the reference: resample the learned grid (bicubic)
+        gh, gw = self.grid
+        grid = pe.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
+        return grid.flatten(2).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, need_weights: bool = False
+                ) -> tuple[torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
+        x, h, w = self.patch_embed(x)
+        if self.pos_embed is not None:
+            x = x + self._pos_embed(h, w)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)
+        x = self.pos_drop(x)
+        maps = []
+        for block in self.blocks:
+            if self.grad_checkpointing and self.training and not need_weights:
+                x, _ = checkpoint(block, x, h, w, use_reentrant=False)
+                continue
+            x, weights = block(x, h, w, need_weights)
+            if need_weights:
+                maps.append({"attn": weights, "q_hw": (h, w), "has_cls": self.cls_token is not None,
+                             "kv_hw": block.attn.conv_proj_k.out_hw(h, w)})
+        cls = None
+        if self.cls_token is not None:
+            cls, x = x[:, :1], x[:, 1:]
+        b, _, c = x.shape
+        fmap = x.transpose(1, 2).reshape(b, c, h, w)
+        return fmap, cls, maps
+
+
+def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
+    """Output length of a conv/pool along one axis."""
+    span = size + 2 * padding - kernel
+    return (-(-span // stride) if ceil else span // stride) + 1
+
+
+class CvT(nn.Module):
+    """Convolutional vision Transformer. See :class:`CvTConfig` for the knobs."""
+
+    def __init__(self, config: CvTConfig) -> None:
+        super().__init__()
+        config.validate()
+        self.config = config
+        chans, gh, gw = config.in_chans, config.img_size, config.img_size
+        for i in range(config.num_stages):
+            if config.token_embed[i] == "patch":
+                k, s, p = config.patch_stride[i], config.patch_stride[i], 0
+            else:
+                k, s, p = config.patch_size[i], config.patch_stride[i], config.patch_padding[i]
+            gh, gw = token_grid(gh, k, s, p), token_grid(gw, k, s, p)
+            self.add_module(f"stage{i}", Stage(config, i, chans, (gh, gw)))
+            chans = config.embed_dims[i]
+        self.num_features = chans
+        self.norm = nn.LayerNorm(chans, eps=config.layer_norm_eps)
+        self.head = nn.Linear(chans, config.num_classes) if config.num_classes > 0 else nn.Identity()
+        self.apply(_init_weights)
+        for stage in self.stages:
+            for p in (stage.cls_token, stage.pos_embed):
+                if p is not None:
+                    nn.init.trunc_normal_(p, std=0.02)
+
+    @property
+    def stages(self) -> list[Stage]:
+        return [getattr(self, f"stage{i}") for i in range(self.config.num_stages)]
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters AdamW should not decay: norms, biases, cls tokens, pos embeds."""
+        return {name for name, p in self.named_parameters()
+                if p.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))}
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in backward: less memory, ~30% more compute."""
+        for stage in self.stages:
+            stage.grad_checkpointing = enable
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New head for fine-tuning on another label set."""
+        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if num_classes > 0:
+            _init_weights(self.head)
+        self.config = self.config.replace(num_classes=num_classes)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        if x.ndim != 4 or x.shape[1] != self.config.in_chans:
+            raise ValueError(
+                f"CvT expects images of shape (batch, {self.config.in_chans}, height, width); "
+                f"got {tuple(x.shape)}")
+        minimum = self.config.total_stride
+        if min(x.shape[-2:]) < minimum:
+            raise ValueError(
+                f"input of {x.shape[-2]}x{x.shape[-1]} px is smaller than the model's total "
+                f"stride; the minimum size is {minimum}x{minimum} px")
+
+    def forward_features(self, x: torch.Tensor, need_weights: bool = False
+                         ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Pooled, normalised features (B, C) and, on request, every block's attention."""
+        if not torch.compiler.is_compiling():
+            self.check_input(x)
+        maps: list[dict[str, Any]] = []
+        cls = None
+        for i, stage in enumerate(self.stages):
+            x, cls, stage_maps = stage(x, need_weights)
+            for j, m in enumerate(stage_maps):
+                maps.append({"stage": i, "block": j, **m})
+        if cls is not None:
+            return self.norm(cls.squeeze(1)), maps
+        # no cls token: normalise every token, then average (as the original code does)
+        return self.norm(x.flatten(2).transpose(1, 2)).mean(dim=1), maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.forward_features(x)[0])
+
+    def attention_maps(self, x: torch.Tensor) -> tuple[torch.Tensor, list[dict[str, Any]]]:
+        """Logits and every block's attention weights (B, heads, N_q, N_kv), with grids."""
+        features, maps = self.forward_features(x, need_weights=True)
+        return self.head(features), maps
+
+
+def _init_weights(m: nn.Module) -> None:
+    """The original code's init: Linear trunc-normal(0.02), zero bias; norms 1/0; convs default."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+
+
+__all__ = ["CvT", "QuickGELU", "DropPath", "token_grid"]
