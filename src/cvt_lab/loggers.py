@@ -1,0 +1,33 @@
+"""Experiment loggers: Weights & Biases (offline unless the user set W&B up) and CSV."""
+
+from __future__ import annotations
+
+import netrc
+import os
+from pathlib import Path
+from typing import Any
+
+from lightning.pytorch.loggers import WandbLogger
+
+
+def wandb_configured() -> bool:
+    """True when the user has given W&B credentials or chosen a mode; never prompts."""
+    if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def wandb_logger(save_dir: str, project: str, mode: str = "auto", **kwargs: Any) -> WandbLogger:
+    """A WandbLogger whose run lives in the Hydra run dir (``save_dir/wandb``).
+
+    ``mode: auto`` is online only when W&B is configured on this machine, else offline:
+    a fresh machine with no account or network never blocks or prompts.
+    """
+    if mode == "auto":
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
+    Path(save_dir).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)

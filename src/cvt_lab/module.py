@@ -1,0 +1,107 @@
+"""The LightningModule: a CvT, its loss, torchmetrics and the optimizer wiring."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics.classification import MulticlassAccuracy
+
+from .models import CvT, create_model
+from .optim import build_optimizer, build_scheduler
+
+
+def build_network(model_cfg: dict[str, Any], num_classes: int) -> CvT:
+    """``model`` config -> CvT. Null knobs keep the preset's value."""
+    knobs = {k: v for k, v in model_cfg.items()
+             if v is not None and k not in ("name", "pretrained", "grad_checkpointing")}
+    if model_cfg.get("pretrained"):
+        knobs["pretrained"] = model_cfg["pretrained"]
+    net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
+    if model_cfg.get("grad_checkpointing"):
+        net.set_grad_checkpointing(True)
+    return net
+
+
+def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
+    """Top-1 and top-5 accuracy (micro: the fraction of samples right)."""
+    metrics = {"acc1": MulticlassAccuracy(num_classes, top_k=1, average="micro")}
+    if num_classes >= 5:
+        metrics["acc5"] = MulticlassAccuracy(num_classes, top_k=5, average="micro")
+    return MetricCollection(metrics, prefix=prefix)
+
+
+def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
+
+
+class CvTModule(L.LightningModule):
+    """Trains a CvT. Hyper-parameters are plain dicts so checkpoints load with weights_only."""
+
+    def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
+                 num_classes: int, label_smoothing: float = 0.0) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.net = build_network(model, num_classes)
+        self.label_smoothing = label_smoothing
+        self.train_metrics = accuracy_metrics(num_classes, "train/")
+        self.val_metrics = accuracy_metrics(num_classes, "val/")
+        self.test_metrics = accuracy_metrics(num_classes, "test/")
+        self.val_acc1_best = MaxMetric()
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.net(images)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, targets, labels = batch
+        logits = self(images)
+        if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already inside)
+            loss = soft_cross_entropy(logits, targets)
+        else:
+            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        self.train_metrics.update(logits.detach(), labels)
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        self.log_dict(self.train_metrics.compute(), sync_dist=False)
+        self.train_metrics.reset()
+
+    def _eval_step(self, batch: Any, metrics: MetricCollection, stage: str) -> None:
+        images, _, labels = batch
+        logits = self(images)
+        loss = F.cross_entropy(logits, labels)
+        metrics.update(logits, labels)
+        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True,
+                 batch_size=labels.shape[0])
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.val_metrics, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        values = self.val_metrics.compute()
+        self.val_metrics.reset()
+        self.log_dict(values, prog_bar=True)
+        if not self.trainer.sanity_checking:
+            self.val_acc1_best.update(values["val/acc1"])
+            self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False)
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._eval_step(batch, self.test_metrics, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self.log_dict(self.test_metrics.compute())
+        self.test_metrics.reset()
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt_cfg = self.hparams.optimizer
+        optimizer = build_optimizer(self.net, opt_cfg)
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, self.trainer.max_epochs or 1)
+        scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,
+                                    max(1, total // epochs))
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

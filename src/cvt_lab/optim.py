@@ -1,0 +1,75 @@
+"""Optimizer and learning-rate schedule from config.
+
+The learning rate is given per ``ref_batch`` images and scaled linearly to the global
+batch (the paper: 2.5e-4 per 256 for CvT-13); ``ref_batch: null`` makes it absolute.
+Norms, biases, cls tokens and position embeddings get no weight decay.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def effective_lr(cfg: dict[str, Any], lr_key: str = "lr") -> float:
+    ref = cfg.get("ref_batch")
+    return cfg[lr_key] * (cfg["batch_size"] / ref if ref else 1.0)
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay},
+            {"params": no_decay, "weight_decay": 0.0}]
+
+
+def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.get("weight_decay", 0.0))
+    lr = effective_lr(cfg)
+    name = cfg["name"]
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))),
+                                 eps=cfg.get("eps", 1e-8))
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9),
+                               nesterov=cfg.get("nesterov", False))
+    raise ValueError(f"unknown optimizer.name '{name}'; choose adamw or sgd")
+
+
+def lr_factor(step: int, total: int, warmup: int, start: float, end: float, kind: str,
+              milestones: list[int] | None = None, gamma: float = 0.1) -> float:
+    """Multiplier of the peak lr at optimizer ``step`` (0-based).
+
+    warmup: linear from ``start`` to 1 over ``warmup`` steps; then ``cosine`` to ``end``,
+    ``constant``, or ``step`` (times ``gamma`` at each milestone step).
+    """
+    if step < warmup:
+        return start + (1.0 - start) * step / warmup
+    if kind == "constant":
+        return 1.0
+    if kind == "step":
+        return gamma ** sum(step >= m for m in (milestones or []))
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_cfg: dict[str, Any],
+                    total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """A per-step LambdaLR; epochs in the config are converted with ``steps_per_epoch``."""
+    peak = effective_lr(opt_cfg)
+    warmup = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    start = cfg.get("warmup_lr", 0.0) / peak
+    end = cfg.get("min_lr", 0.0) / peak
+    milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]
+    kind = cfg["name"]
+    if kind not in ("cosine", "constant", "step"):
+        raise ValueError(f"unknown scheduler.name '{kind}'; choose cosine, constant or step")
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, warmup, start, end, kind, milestones,
+                                       cfg.get("gamma", 0.1)))
