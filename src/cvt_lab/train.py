@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from .data import ImageDataModule
+from .hardware import validate_hardware
 from .module import CvTModule
 from .utils import git_commit, print_summary
 
@@ -46,6 +47,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics."""
     check_checkpoint(cfg.get("ckpt_path"))
+    validate_hardware(cfg)
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ConfigError("train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>")
     L.seed_everything(cfg.seed, workers=True)
@@ -54,7 +56,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
     module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
                        scheduler=plain(cfg.scheduler), num_classes=cfg.data.num_classes,
-                       label_smoothing=cfg.augment.get("label_smoothing", 0.0))
+                       label_smoothing=cfg.augment.get("label_smoothing", 0.0),
+                       ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
+                       channels_last=cfg.get("channels_last", False))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
