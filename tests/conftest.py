@@ -33,6 +33,8 @@ def compose_config(overrides: list[str], output_dir: Path | None = None) -> Dict
             cfg.paths.output_dir = str(output_dir)
             cfg.hydra.runtime.output_dir = str(output_dir)
     HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the task function never sees Hydra's own node
     return cfg
 
 

@@ -60,6 +60,12 @@ class CvTConfig:
             stride *= s
         return stride
 
+    def embed_geometry(self, stage: int) -> tuple[int, int, int]:
+        """(kernel, stride, padding) of a stage's token-embedding conv."""
+        if self.token_embed[stage] == "patch":  # non-overlapping: kernel = stride, no padding
+            return self.patch_stride[stage], self.patch_stride[stage], 0
+        return self.patch_size[stage], self.patch_stride[stage], self.patch_padding[stage]
+
     @classmethod
     def build(cls, **kwargs: Any) -> "CvTConfig":
         """Make a config from loose values (lists, scalars), broadcasting to per-stage tuples."""

@@ -95,6 +95,19 @@ class ConvProjection(nn.Module):
         ceil = self.method == "avg"  # pooling uses ceil_mode, as the original code does
         return tuple(token_grid(n, self.kernel, self.stride, self.padding, ceil) for n in (h, w))
 
+    @torch.no_grad()
+    def fuse_bn(self) -> None:
+        """Fold the (eval-mode) BatchNorm into the conv: one op instead of two at inference."""
+        if self.method != "dw_bn" or isinstance(self.bn, nn.Identity):
+            return
+        bn, conv = self.bn, self.conv
+        scale = bn.weight * (bn.running_var + bn.eps).rsqrt()
+        fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                          conv.padding, groups=conv.groups, bias=True).to(conv.weight)
+        fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+        fused.bias.copy_(bn.bias - bn.running_mean * scale)
+        self.conv, self.bn = fused, nn.Identity()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.method == "dw_bn":
             x = self.bn(self.conv(x))
@@ -195,16 +208,13 @@ class Stage(nn.Module):
         super().__init__()
         i = index
         dim = cfg.embed_dims[i]
-        if cfg.token_embed[i] == "patch":
-            kernel, stride, padding = cfg.patch_stride[i], cfg.patch_stride[i], 0
-        else:
-            kernel, stride, padding = cfg.patch_size[i], cfg.patch_stride[i], cfg.patch_padding[i]
+        kernel, stride, padding = cfg.embed_geometry(i)
         self.patch_embed = ConvEmbed(in_chans, dim, kernel, stride, padding, cfg.layer_norm_eps)
         self.grid = grid  # token grid at cfg.img_size; position embeddings are sized for it
         self.pos_embed = nn.Parameter(torch.zeros(1, grid[0] * grid[1], dim)) if cfg.pos_embed[i] else None
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cfg.cls_token[i] else None
         self.pos_drop = nn.Dropout(cfg.drop_rate[i])
-        rates = torch.linspace(0, cfg.drop_path[i], cfg.depths[i]).tolist()
+        rates = torch.linspace(0, cfg.drop_path[i], cfg.depths[i], device="cpu").tolist()
         self.blocks = nn.ModuleList(
             Block(dim, cfg.num_heads[i], cfg.mlp_ratio[i], cfg.activation, cfg.drop_rate[i],
                   rate, cfg.layer_norm_eps, method=cfg.projection[i], kernel=cfg.kernel_qkv[i],
@@ -265,10 +275,7 @@ class CvT(nn.Module):
         self.config = config
         chans, gh, gw = config.in_chans, config.img_size, config.img_size
         for i in range(config.num_stages):
-            if config.token_embed[i] == "patch":
-                k, s, p = config.patch_stride[i], config.patch_stride[i], 0
-            else:
-                k, s, p = config.patch_size[i], config.patch_stride[i], config.patch_padding[i]
+            k, s, p = config.embed_geometry(i)
             gh, gw = token_grid(gh, k, s, p), token_grid(gw, k, s, p)
             self.add_module(f"stage{i}", Stage(config, i, chans, (gh, gw)))
             chans = config.embed_dims[i]
@@ -301,6 +308,22 @@ class CvT(nn.Module):
         if num_classes > 0:
             _init_weights(self.head)
         self.config = self.config.replace(num_classes=num_classes)
+
+    @property
+    def bn_fused(self) -> bool:
+        return any(isinstance(m, ConvProjection) and isinstance(getattr(m, "bn", None), nn.Identity)
+                   for m in self.modules())
+
+    def fuse_bn(self) -> "CvT":
+        """Fold every projection BatchNorm into its depthwise conv, for inference or export to
+        runtimes: same outputs in eval mode, fewer ops. The model then no longer trains its
+        BatchNorms and its state dict has conv biases instead of BN entries."""
+        if self.training:
+            raise RuntimeError("fuse_bn() folds running statistics: call model.eval() first")
+        for m in self.modules():
+            if isinstance(m, ConvProjection):
+                m.fuse_bn()
+        return self
 
     def check_input(self, x: torch.Tensor) -> None:
         if x.ndim != 4 or x.shape[1] != self.config.in_chans:

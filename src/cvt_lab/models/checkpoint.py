@@ -1,0 +1,217 @@
+"""Loading published CvT weights, strictly: every tensor has a home or loading fails.
+
+Sources: a transformers directory (``config.json`` + ``model.safetensors`` or
+``pytorch_model.bin``), a Hub id (``microsoft/cvt-13``), or one weights file: an original
+Microsoft ``.pth`` (our own names), a Lightning/our ``.pt``/``.ckpt``, or a transformers
+``.safetensors``/``.bin``. Pickles are read with ``weights_only=True``; nothing executes code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PRESETS, CvTConfig, preset_config
+from .hf import ARCH_FIELDS, CONFIG_NAME, WEIGHT_NAMES, config_from_hf, download
+from .keymap import rename_keys
+
+log = logging.getLogger(__name__)
+
+_WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest the weights
+_PREFIXES = ("module.", "model.", "net.")  # DDP / LightningModule attribute names
+_HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+class CheckpointError(ValueError):
+    """The checkpoint does not fit the model (names, shapes or architecture)."""
+
+
+@dataclass
+class Checkpoint:
+    """Weights under our names, with where they came from."""
+
+    state_dict: dict[str, torch.Tensor]
+    format: str  # "transformers" or "original" (our names are the original code's)
+    source: str
+    hf_config: dict[str, Any] | None = None
+
+    @property
+    def num_classes(self) -> int:
+        head = self.state_dict.get("head.weight")
+        return 0 if head is None else head.shape[0]
+
+    def config(self, **overrides: Any) -> CvTConfig:
+        """The architecture: from config.json when there is one, else read off the shapes."""
+        if self.hf_config is not None:
+            return config_from_hf(self.hf_config, **overrides)
+        return infer_config(self.state_dict, **overrides)
+
+
+@dataclass
+class LoadReport:
+    source: str
+    format: str
+    head_reset: bool = False
+    checkpoint_classes: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+def read_checkpoint(source: str | Path) -> Checkpoint:
+    """Read weights (and config.json when present) from a directory, file or Hub id."""
+    path = Path(source)
+    if not path.exists():
+        if isinstance(source, str) and _HUB_ID.match(source):
+            path = download(source)
+        else:
+            raise FileNotFoundError(f"no checkpoint at '{source}' (not a file, directory or Hub id)")
+    hf_config = None
+    if path.is_dir():
+        weights = next((path / n for n in WEIGHT_NAMES if (path / n).exists()), None)
+        if weights is None:
+            raise FileNotFoundError(f"'{path}' holds none of {list(WEIGHT_NAMES)}")
+        if (path / CONFIG_NAME).exists():
+            hf_config = json.loads((path / CONFIG_NAME).read_text())
+        path = weights
+    state = _unwrap(_read_tensors(path), str(source))
+    if any(k.startswith("cvt.") or k.startswith("classifier.") for k in state):
+        state, unknown = rename_keys(state, to_hf=False)
+        if unknown:
+            raise CheckpointError(f"'{source}': transformers checkpoint with keys CvT does not "
+                                  f"have: {_listing(unknown)}")
+        return Checkpoint(state, "transformers", str(source), hf_config)
+    return Checkpoint(state, "original", str(source), hf_config)
+
+
+def _read_tensors(path: Path) -> dict[str, Any]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
+    while isinstance(obj, dict):
+        inner = next((obj[k] for k in _WRAPPERS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise CheckpointError(f"'{source}' is not a state dict of tensors")
+    for prefix in _PREFIXES:
+        if obj and all(k.startswith(prefix) for k in obj):
+            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    return obj
+
+
+def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
+    """The config of an original-format state dict: widths, depths, kernels, tokens from the
+    shapes; head counts and strides (which no shape records) from the preset of the same
+    widths and depths, or from ``overrides``."""
+    stages = sorted(int(m.group(1)) for k in state_dict
+                    if (m := re.match(r"stage(\d+)\.patch_embed\.proj\.weight$", k)))
+    if not stages:
+        raise CheckpointError("no 'stage{i}.patch_embed.proj.weight' keys: not a CvT state dict")
+    embeds = [state_dict[f"stage{i}.patch_embed.proj.weight"] for i in stages]
+    depths = [1 + max((int(m.group(1)) for k in state_dict
+                       if (m := re.match(rf"stage{i}\.blocks\.(\d+)\.", k))), default=-1)
+              for i in stages]
+    dims = [w.shape[0] for w in embeds]
+    shape_fields: dict[str, Any] = dict(
+        in_chans=embeds[0].shape[1], embed_dims=dims, depths=depths,
+        patch_size=[w.shape[-1] for w in embeds],
+        cls_token=[f"stage{i}.cls_token" in state_dict for i in stages],
+        pos_embed=[f"stage{i}.pos_embed" in state_dict for i in stages],
+        num_classes=state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
+        mlp_ratio=[state_dict[f"stage{i}.blocks.0.mlp.fc1.weight"].shape[0] / d
+                   for i, d in zip(stages, dims)],
+    )
+    q_convs = [state_dict.get(f"stage{i}.blocks.0.attn.conv_proj_q.conv.weight") for i in stages]
+    if all(w is not None for w in q_convs):
+        shape_fields.update(projection="dw_bn", kernel_qkv=[w.shape[-1] for w in q_convs])
+    preset = next((name for name, p in PRESETS.items()
+                   if tuple(p.get("embed_dims", CvTConfig.embed_dims)) == tuple(dims)
+                   and tuple(p.get("depths", CvTConfig.depths)) == tuple(depths)), None)
+    if preset is None and "num_heads" not in overrides:
+        raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
+                              f"({sorted(PRESETS)}); pass num_heads=... (and any non-default "
+                              "strides) to build it")
+    fields = {**shape_fields, **overrides}
+    return preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
+
+
+def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False) -> LoadReport:
+    """Copy ``ckpt`` into ``model`` or raise :class:`CheckpointError` listing every misfit.
+
+    ``reset_head=True`` keeps the model's own (new) classifier and ignores the checkpoint's,
+    for fine-tuning on another label set. BatchNorm ``num_batches_tracked`` may be absent.
+    """
+    report = LoadReport(ckpt.source, ckpt.format, reset_head, ckpt.num_classes)
+    if ckpt.hf_config is not None:
+        _check_architecture(model.config, config_from_hf(ckpt.hf_config), ckpt.source)
+    state = dict(ckpt.state_dict)
+    expected = model.state_dict()
+    if reset_head:
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint '{ckpt.source}' ({ckpt.format} format, {_describe(state)}) does not "
+                 f"fit this CvT ({_describe(expected)}); nothing was loaded."]
+        for title, items in (("shape mismatches", mismatched), ("missing from the checkpoint", missing),
+                             ("unexpected in the checkpoint", unexpected)):
+            if items:
+                lines.append(f"  {len(items)} {title}: {_listing(items)}")
+        if any(m.startswith("head.") for m in mismatched):
+            lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
+        raise CheckpointError("\n".join(lines))
+    model.load_state_dict(state, strict=False)  # every key was checked above
+    if reset_head:
+        report.notes.append(f"classifier reset: the checkpoint has {ckpt.num_classes} classes, "
+                            f"the model a new head with {model.config.num_classes}")
+        log.warning(report.notes[-1])
+    return report
+
+
+def load_pretrained(model: nn.Module, source: str | Path, reset_head: bool = False) -> LoadReport:
+    """Load weights from a directory, file or Hub id into ``model`` (see :func:`load_checkpoint`)."""
+    return load_checkpoint(model, read_checkpoint(source), reset_head)
+
+
+def _check_architecture(ours: CvTConfig, theirs: CvTConfig, source: str) -> None:
+    """Strides, paddings and head counts leave no trace in shapes, so compare configs."""
+    diffs = [f"{f}: model {getattr(ours, f)} vs checkpoint {getattr(theirs, f)}"
+             for f in ARCH_FIELDS if getattr(ours, f) != getattr(theirs, f)]
+    diffs += [f"stage {i} embedding (kernel, stride, padding): model {ours.embed_geometry(i)} vs "
+              f"checkpoint {theirs.embed_geometry(i)}"
+              for i in range(min(ours.num_stages, theirs.num_stages))
+              if ours.embed_geometry(i) != theirs.embed_geometry(i)]
+    if diffs:
+        raise CheckpointError(f"checkpoint '{source}' is another architecture: " + "; ".join(diffs))
+
+
+def _describe(state: dict[str, torch.Tensor]) -> str:
+    dims = [v.shape[0] for k, v in sorted(state.items())
+            if re.match(r"stage\d+\.patch_embed\.proj\.weight$", k)]
+    depths = [len({k.split(".")[2] for k in state if k.startswith(f"stage{i}.blocks.")})
+              for i in range(len(dims))]
+    return f"embed_dims {dims}, depths {depths}"
+
+
+def _listing(items: list[str], limit: int = 8) -> str:
+    more = f" ... and {len(items) - limit} more" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+__all__ = ["Checkpoint", "CheckpointError", "LoadReport", "infer_config", "load_checkpoint",
+           "load_pretrained", "read_checkpoint"]

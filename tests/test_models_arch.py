@@ -1,0 +1,198 @@
+"""The CvT network: the paper's sizes, its behaviour, and the knobs around it."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from cvt_lab.models import CvT, create_model, count_params, list_models, preset_config
+from cvt_lab.models.cvt import DropPath
+
+
+def tiny(**overrides) -> CvT:
+    torch.manual_seed(0)
+    return create_model("cvt_tiny", num_classes=5, **overrides)
+
+
+def randomise_bn(model: torch.nn.Module) -> None:
+    """Non-trivial BatchNorm statistics, so eval mode differs from an identity BN."""
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+@pytest.mark.parametrize("name, params", [
+    ("cvt13", 19_997_480), ("cvt21", 31_622_696), ("cvt_w24", 277_196_392),
+])
+def test_param_counts_match_the_paper(name, params):
+    assert count_params(preset_config(name)) == params  # built on the meta device
+    assert count_params(preset_config(name + "_384")) == params  # no position embeddings
+
+
+def test_param_count_of_a_real_model_matches_the_meta_count():
+    model = create_model("cvt13")
+    assert count_params(model) == 19_997_480
+    assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+def test_presets_listed_and_unknown_names_rejected():
+    assert {"cvt13", "cvt21", "cvt_w24", "cvt13_384", "cvt_tiny"} <= set(list_models())
+    with pytest.raises(KeyError, match="available"):
+        create_model("cvt99")
+    with pytest.raises(TypeError, match="unknown CvT option"):
+        create_model("cvt13", depth=3)
+    with pytest.raises(ValueError, match="one value per stage"):
+        create_model("cvt13", embed_dims=(64, 192))
+
+
+def test_paper_details():
+    model = create_model("cvt13")
+    attn = model.stage2.blocks[0].attn
+    assert attn.scale == pytest.approx(384 ** -0.5)  # full width, not head width
+    assert model.stage2.cls_token is not None and model.stage0.cls_token is None
+    rates = [b.drop_path.rate for b in model.stage2.blocks]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.1) and rates == sorted(rates)
+    assert all(b.drop_path.rate == 0 for b in model.stage0.blocks)
+    assert attn.conv_proj_k.conv.stride == (2, 2) and attn.conv_proj_q.conv.stride == (1, 1)
+    assert attn.conv_proj_k.conv.groups == 384 and attn.conv_proj_k.conv.bias is None
+
+
+@pytest.mark.parametrize("size", [(32, 32), (48, 40), (17, 64)])
+def test_any_resolution_gives_logits(size):
+    model = tiny().eval()
+    assert model(torch.randn(2, 3, *size)).shape == (2, 5)
+
+
+def test_bad_input_names_the_minimum_size():
+    model = tiny()
+    with pytest.raises(ValueError, match=r"minimum size is 8x8"):
+        model(torch.randn(1, 3, 7, 32))
+    with pytest.raises(ValueError, match=r"\(batch, 3, height, width\)"):
+        model(torch.randn(1, 1, 32, 32))
+    with pytest.raises(ValueError, match="batch"):
+        model(torch.randn(3, 32, 32))
+
+
+def test_no_cls_token_mean_pools():
+    model = tiny(cls_token=False).eval()
+    assert all(s.cls_token is None for s in model.stages)
+    x = torch.randn(2, 3, 32, 32)
+    fmap = x
+    for stage in model.stages:
+        fmap, cls, _ = stage(fmap)
+        assert cls is None
+    pooled = model.norm(fmap.flatten(2).transpose(1, 2)).mean(1)
+    torch.testing.assert_close(model(x), model.head(pooled))
+
+
+def test_attention_maps_on_request_match_the_fast_path():
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32)
+    logits, maps = model.attention_maps(x)
+    torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-5)
+    assert len(maps) == sum(model.config.depths)
+    last = maps[-1]
+    # stage 3: a 4x4 query grid + cls, keys on the stride-2 2x2 grid + cls
+    assert last["attn"].shape == (2, 4, 17, 5) and last["kv_hw"] == (2, 2) and last["has_cls"]
+    torch.testing.assert_close(last["attn"].sum(-1), torch.ones(2, 4, 17))
+
+
+def test_no_weight_decay_names_norms_biases_and_tokens():
+    model = tiny(pos_embed=True)
+    names = model.no_weight_decay()
+    assert "stage2.cls_token" in names and "stage0.pos_embed" in names
+    assert "stage0.blocks.0.norm1.weight" in names and "head.bias" in names
+    assert "head.weight" not in names and "stage0.blocks.0.attn.proj_q.weight" not in names
+
+
+def test_reset_classifier_for_fine_tuning():
+    model = tiny()
+    body = copy.deepcopy(model.stage2.state_dict())
+    model.reset_classifier(7)
+    assert model.head.out_features == 7 and model.config.num_classes == 7
+    assert all(torch.equal(v, model.stage2.state_dict()[k]) for k, v in body.items())
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
+    model.reset_classifier(0)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 128)
+
+
+def test_position_embeddings_are_interpolated_for_other_grids():
+    model = tiny(pos_embed=(True, False, True)).eval()
+    stage = model.stage0
+    assert stage.pos_embed.shape == (1, 16 * 16, 32)
+    assert torch.equal(stage._pos_embed(16, 16), stage.pos_embed)
+    resized = stage._pos_embed(24, 20)
+    assert resized.shape == (1, 24 * 20, 32)
+    # bicubic resampling of a constant grid is that constant
+    with torch.no_grad():
+        stage.pos_embed.fill_(0.25)
+    torch.testing.assert_close(stage._pos_embed(24, 20), torch.full((1, 480, 32), 0.25))
+    assert model(torch.randn(1, 3, 48, 40)).shape == (1, 5)
+
+
+def test_patch_token_embedding_and_projection_ablations_run():
+    for overrides in ({"token_embed": "patch"}, {"projection": "avg"}, {"projection": "linear"},
+                      {"stride_kv": 1}, {"activation": "gelu"}):
+        model = tiny(**overrides)
+        model(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert tiny(token_embed="patch").stage0.patch_embed.proj.kernel_size == (2, 2)
+
+
+def test_drop_path_drops_the_residual_branch_per_sample():
+    drop = DropPath(0.5).train()
+    out = drop(torch.ones(1000, 4))
+    kept = out[:, 0] > 0
+    assert set(out.unique().tolist()) == {0.0, 2.0} and 400 < kept.sum() < 600
+    assert torch.equal(DropPath(0.5).eval()(torch.ones(3, 4)), torch.ones(3, 4))
+
+
+def test_grad_checkpointing_gives_the_same_gradients():
+    model = tiny(drop_path=0.0)
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    model.set_grad_checkpointing(True)
+    model(x).sum().backward()
+    for n, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, plain[n], msg=n)
+
+
+def test_fuse_bn_keeps_eval_outputs():
+    model = tiny()
+    randomise_bn(model)
+    model.eval()
+    x = torch.randn(2, 3, 40, 32)
+    before = model(x)
+    with pytest.raises(RuntimeError, match="eval"):
+        copy.deepcopy(model).train().fuse_bn()
+    model.fuse_bn()
+    assert model.bn_fused
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_torch_compile_full_graph_train_and_eval():
+    model = tiny()
+    x = torch.randn(2, 3, 32, 32)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")  # fails on a graph break
+    compiled(x).sum().backward()
+    assert model.head.weight.grad is not None
+    model.eval()
+    torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_matches_eager():
+    model = tiny().eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x),
+                                   atol=1e-5, rtol=1e-5)

@@ -1,0 +1,235 @@
+"""Checkpoints: transformers and original weights load exactly, export round-trips, misfits fail.
+
+transformers is the reference implementation here (a test dependency only).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from cvt_lab.models import (CheckpointError, create_model, export_hf, load_pretrained,
+                            read_checkpoint)
+from cvt_lab.models.cvt import QuickGELU
+from cvt_lab.models.keymap import rename_keys
+
+transformers = pytest.importorskip("transformers")
+
+SMALL = dict(embed_dim=[16, 32, 48], depth=[1, 2, 3], num_heads=[1, 2, 3], num_labels=10)
+ATOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
+
+
+def hf_model(seed: int = 0, **config):
+    torch.manual_seed(seed)
+    model = transformers.CvtForImageClassification(transformers.CvtConfig(**config))
+    randomise_bn(model)
+    return model.eval()
+
+
+def hf_logits(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x).logits
+
+
+@pytest.fixture(scope="module")
+def small_hf(tmp_path_factory):
+    model = hf_model(**SMALL)
+    path = tmp_path_factory.mktemp("hf_small")
+    model.save_pretrained(path)
+    return model, path
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80)])
+def test_transformers_weights_give_transformers_logits(small_hf, size):
+    hf, path = small_hf
+    ours = create_model(pretrained=path).eval()
+    assert ours.config.activation == "gelu" and ours.config.num_classes == 10
+    assert ours.config.num_heads == (1, 2, 3)
+    x = torch.randn(2, 3, *size)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)
+
+
+def test_cvt13_transformers_weights_give_transformers_logits(tmp_path):
+    hf = hf_model(num_labels=1000)  # transformers' defaults are CvT-13
+    hf.save_pretrained(tmp_path)
+    ours = create_model("cvt13", pretrained=tmp_path).eval()
+    x = torch.randn(2, 3, 64, 96)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)
+
+
+@pytest.mark.parametrize("variant", [
+    # (transformers' CvT crashes without a cls token in the last stage: not comparable)
+    dict(stride_kv=[1, 1, 1], kernel_qkv=[5, 3, 3], padding_kv=[2, 1, 1], padding_q=[2, 1, 1]),
+    dict(patch_sizes=[4, 2, 2], patch_padding=[0, 0, 0], qkv_bias=[False, True, False]),
+])
+def test_transformers_variants_give_transformers_logits(tmp_path, variant):
+    hf = hf_model(**{**SMALL, **variant})
+    hf.save_pretrained(tmp_path)
+    ours = create_model(pretrained=tmp_path).eval()
+    x = torch.randn(2, 3, 64, 48)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)
+
+
+def test_pytorch_model_bin_and_bare_safetensors(small_hf, tmp_path):
+    hf, path = small_hf
+    (tmp_path / "config.json").write_text((path / "config.json").read_text())
+    torch.save(hf.state_dict(), tmp_path / "pytorch_model.bin")
+    x = torch.randn(1, 3, 64, 64)
+    torch.testing.assert_close(create_model(pretrained=tmp_path).eval()(x), hf_logits(hf, x), **ATOL)
+    # a weights file alone: the architecture is read off the shapes (+ num_heads)
+    bare = create_model(pretrained=path / "model.safetensors", num_heads=(1, 2, 3), activation="gelu")
+    torch.testing.assert_close(bare.eval()(x), hf_logits(hf, x), **ATOL)
+
+
+def test_export_round_trips_through_transformers(tmp_path):
+    torch.manual_seed(3)
+    # depths (1, 2, 3): transformers' CvT crashes unless depth > stage index
+    ours = create_model("cvt_tiny", num_classes=4, activation="gelu", drop_path=0.1,
+                        depths=(1, 2, 3))
+    randomise_bn(ours)
+    ours.eval()
+    labels = {0: "cat", 1: "dog", 2: "fish", 3: "bird"}
+    export_hf(ours, tmp_path, id2label=labels)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "cvt" and config["architectures"] == ["CvtForImageClassification"]
+    assert config["drop_path_rate"] == [0.0, 0.0, 0.1] and isinstance(config["mlp_ratio"][0], float)
+    hf, info = transformers.CvtForImageClassification.from_pretrained(tmp_path, output_loading_info=True)
+    assert not any(info.values()), info  # no missing, unexpected or mismatched keys
+    assert hf.config.id2label[1] == "dog"
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(hf_logits(hf.eval(), x), ours(x), **ATOL)
+    back = create_model(pretrained=tmp_path).eval()
+    torch.testing.assert_close(back(x), ours(x), atol=0, rtol=0)
+
+
+def test_export_refuses_what_transformers_cannot_run(tmp_path):
+    for overrides, match in (({"pos_embed": True}, "position embeddings"),
+                             ({"projection": "avg"}, "dw_bn")):
+        with pytest.raises(ValueError, match=match):
+            export_hf(create_model("cvt_tiny", activation="gelu", **overrides), tmp_path)
+    with pytest.warns(UserWarning, match="exact GELU"):
+        export_hf(create_model("cvt_tiny"), tmp_path)  # quick_gelu: allowed, with a warning
+    with pytest.raises(ValueError, match="fuse_bn"):
+        export_hf(create_model("cvt_tiny", activation="gelu").eval().fuse_bn(), tmp_path)
+    # the patch-embedding ablation is a conv with kernel = stride: representable
+    export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch"), tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["patch_sizes"] == [2, 2, 2]
+
+
+def test_original_format_uses_quick_gelu_and_unwraps(tmp_path):
+    # reference: transformers' network computing the original code's QuickGELU
+    hf = hf_model(**SMALL)
+    for layer in hf.modules():
+        if isinstance(layer, transformers.models.cvt.modeling_cvt.CvtIntermediate):
+            layer.activation = QuickGELU()
+    original, unknown = rename_keys(hf.state_dict(), to_hf=False)
+    assert not unknown
+    assert "stage2.blocks.2.attn.conv_proj_v.bn.running_var" in original
+    assert "stage1.patch_embed.norm.weight" in original and "head.weight" in original
+    path = tmp_path / "CvT-small-IN-1k.pth"
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in original.items()}}, path)
+    ckpt = read_checkpoint(path)
+    assert ckpt.format == "original" and ckpt.num_classes == 10
+    ours = create_model(pretrained=path, num_heads=(1, 2, 3)).eval()
+    assert ours.config.activation == "quick_gelu"
+    x = torch.randn(2, 3, 64, 56)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)
+
+
+def test_original_preset_is_inferred_from_shapes(tmp_path):
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth")
+    assert model.config == src.config
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_other_preset_fails_naming_shapes_and_loads_nothing(tmp_path):
+    torch.manual_seed(0)
+    torch.save(create_model("cvt_tiny", num_classes=5).state_dict(), tmp_path / "tiny.pth")
+    target = create_model("cvt_tiny", num_classes=5, embed_dims=(32, 64, 96), num_heads=(1, 2, 3))
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(target, tmp_path / "tiny.pth")
+    msg = str(err.value)
+    assert "stage2.patch_embed.proj.weight: checkpoint (128, 64, 3, 3) vs model (96, 64, 3, 3)" in msg
+    assert "embed_dims [32, 64, 128]" in msg and "nothing was loaded" in msg
+    assert all(torch.equal(v, target.state_dict()[k]) for k, v in before.items())
+    deeper = create_model("cvt_tiny", num_classes=5, depths=(1, 1, 3))
+    with pytest.raises(CheckpointError, match=r"missing from the checkpoint: stage2\.blocks\.2\."):
+        load_pretrained(deeper, tmp_path / "tiny.pth")
+
+
+def test_transformers_config_of_another_architecture_fails(small_hf):
+    _, path = small_hf
+    with pytest.raises(CheckpointError, match=r"stride_kv: model \(1, 1, 1\) vs checkpoint \(2, 2, 2\)"):
+        create_model("cvt_tiny", pretrained=path, embed_dims=(16, 32, 48), depths=(1, 2, 3),
+                     num_heads=(1, 2, 3), patch_size=(7, 3, 3), patch_stride=(4, 2, 2),
+                     patch_padding=(2, 1, 1), stride_kv=1)
+    with pytest.raises(CheckpointError, match="depths"):
+        create_model("cvt13", pretrained=path)
+
+
+def test_new_number_of_classes_resets_only_the_head(small_hf, caplog):
+    hf, path = small_hf
+    model = create_model(pretrained=path, num_classes=3)
+    assert model.head.out_features == 3
+    assert "classifier reset" in caplog.text and "10 classes" in caplog.text
+    full = create_model(pretrained=path)
+    for k, v in full.state_dict().items():
+        if not k.startswith("head."):
+            assert torch.equal(model.state_dict()[k], v), k
+    with pytest.raises(CheckpointError, match="num_classes"):
+        load_pretrained(create_model(pretrained=path, num_classes=3), path)
+    report = load_pretrained(model, path, reset_head=True)
+    assert report.head_reset and report.checkpoint_classes == 10 and report.format == "transformers"
+
+
+def test_hub_ids_download_and_offline_errors_are_clear(small_hf, monkeypatch):
+    import huggingface_hub
+
+    _, path = small_hf
+    calls = []
+
+    def fake_download(repo_id, allow_patterns):
+        calls.append((repo_id, allow_patterns))
+        return str(path)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    assert create_model(pretrained="microsoft/cvt-small").config.num_classes == 10
+    assert calls == [("microsoft/cvt-small", ["config.json", "model.safetensors", "pytorch_model.bin"])]
+
+    def offline(repo_id, allow_patterns):
+        raise huggingface_hub.errors.LocalEntryNotFoundError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(OSError, match=r"'microsoft/cvt-13'.*offline.*local directory"):
+        create_model("cvt13", pretrained="microsoft/cvt-13")
+
+
+def test_unreadable_sources_fail_clearly(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        create_model("cvt13", pretrained=tmp_path / "missing.pth")
+    with pytest.raises(FileNotFoundError, match="model.safetensors"):
+        create_model("cvt13", pretrained=tmp_path)
+    torch.save({"weights": [1, 2]}, tmp_path / "junk.pth")
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        read_checkpoint(tmp_path / "junk.pth")
+    torch.save({"stage0.weird.weight": torch.zeros(1)}, tmp_path / "odd.pth")
+    with pytest.raises(CheckpointError, match="not a CvT"):
+        create_model(pretrained=tmp_path / "odd.pth")
