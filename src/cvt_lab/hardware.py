@@ -56,7 +56,7 @@ def validate_hardware(cfg: DictConfig) -> None:
     _check_precision(trainer)
     _check_batch_split(cfg)
     if cfg.get("compile"):
-        _check_compile(trainer)
+        _check_compile(trainer, cfg.compile)
     if trainer.get("sync_batchnorm") and not uses_gpu(trainer):
         raise HardwareError(
             "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
@@ -104,11 +104,13 @@ def _check_batch_split(cfg: DictConfig) -> None:
             f"use a multiple of {per_step}, e.g. data.batch_size={lower}")
 
 
-def _check_compile(trainer: dict[str, Any]) -> None:
+def _check_compile(trainer: dict[str, Any], options: Any) -> None:
     if not torch._dynamo.is_dynamo_supported():
         raise HardwareError(
             f"compile=true: torch.compile does not support this Python/PyTorch "
             f"({torch.__version__}); set compile=false")
+    if options is not True and options.get("backend", "inductor") != "inductor":
+        return  # other backends (aot_eager, ...) generate no C++/Triton code
     compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
     if not any(c and shutil.which(c) for c in compilers):
         raise HardwareError(
@@ -132,16 +134,16 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
     strategy = str(trainer.get("strategy", "auto"))
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if (hydra_cfg.mode == RunMode.MULTIRUN and strategy in SUBPROCESS_STRATEGIES
-            and launcher.endswith("BasicLauncher")):
+            and not launcher.endswith("SlurmLauncher")):
         raise HardwareError(
-            f"trainer.strategy={strategy} inside a local multirun (-m) re-launches the whole sweep "
-            "in each child process (a known Lightning+Hydra limitation); use "
-            "trainer.strategy=ddp_spawn for local sweeps, or hydra/launcher=slurm (one SLURM job "
-            "per sweep point)")
+            f"trainer.strategy={strategy} inside a multirun (-m) re-runs the command line in "
+            "each child process, which re-launches the whole sweep (a known Lightning+Hydra "
+            "limitation); use trainer.strategy=ddp_spawn for local sweeps, or "
+            "hydra/launcher=slurm (SLURM starts the processes, one job per sweep point)")
     launched_outside = bool(os.environ.get("TORCHELASTIC_RUN_ID")) or int(
         os.environ.get("SLURM_NTASKS", "1")) > 1
     run_dir_given = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
-    if hydra_cfg.mode == RunMode.RUN and launched_outside and not run_dir_given:
+    if hydra_cfg.mode != RunMode.MULTIRUN and launched_outside and not run_dir_given:
         raise HardwareError(
             "processes started by torchrun/srun each pick their own time-stamped run dir; give "
             "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "

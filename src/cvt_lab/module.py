@@ -69,7 +69,7 @@ class CvTModule(L.LightningModule):
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
                  num_classes: int, label_smoothing: float = 0.0, ema_decay: float | None = None,
-                 compile: bool = False, channels_last: bool = False) -> None:
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(model, num_classes)
@@ -91,11 +91,12 @@ class CvTModule(L.LightningModule):
         if self._configured:  # Lightning calls this for fit and again for test
             return
         self._configured = True
+        options = self.hparams.compile  # true or torch.compile kwargs, e.g. {mode: max-autotune}
         for net in {self.net, self.eval_net}:
             if self.hparams.channels_last:
                 net.to(memory_format=torch.channels_last)
-            if self.hparams.compile:
-                net.compile()
+            if options:
+                net.compile(**(options if isinstance(options, dict) else {}))
 
     def _inputs(self, images: torch.Tensor) -> torch.Tensor:
         if self.hparams.channels_last:
@@ -140,19 +141,21 @@ class CvTModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
+    # compute() already gathers over all ranks; sync_dist on the (equal) values only tells
+    # Lightning so, which silences its "use sync_dist" warning under DDP
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
-            self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False)
+            self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False, sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
