@@ -5,14 +5,18 @@ gathered over both ranks."""
 from __future__ import annotations
 
 import csv
+import os
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 
-from conftest import compose_config, run_cli
+from conftest import ROOT, compose_config, run_cli
 from cvt_lab.data import ImageDataModule
 from cvt_lab.hardware import HardwareError, validate_hardware, world_size
 from cvt_lab.module import CvTModule
@@ -47,7 +51,7 @@ def test_settings_that_run_here_pass(overrides):
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"],
      "trainer.sync_batchnorm=true needs GPUs"),
     (["trainer=ddp_cpu", "hydra.mode=MULTIRUN"],
-     "use trainer.strategy=ddp_spawn for local sweeps, or hydra/launcher=slurm"),
+     "use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps"),
 ])
 def test_settings_that_cannot_run_fail_with_the_fix(overrides, message):
     with pytest.raises(HardwareError, match=re.escape(message)):
@@ -118,3 +122,23 @@ def test_ddp_cpu_run_writes_one_run_and_reports_metrics_over_both_ranks(tmp_path
     (full,) = evaluator.test(module, datamodule=datamodule, verbose=False)
     assert len(datamodule.splits["test"]) % 2 == 0  # no DistributedSampler padding to undo
     assert logged[0] == pytest.approx(full["test/acc1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_train_together_in_the_run_dir_they_are_given(tmp_path):
+    # what trainer=multinode does on each node: torchrun starts the processes and Lightning's
+    # TorchElasticEnvironment reads their ranks (run.py is not re-launched)
+    run_dir = tmp_path / "shared"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node=2", str(ROOT / "run.py"),
+         "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out
+    assert out.count("Final metrics") == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -138,7 +138,8 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
         raise HardwareError(
             f"trainer.strategy={strategy} inside a multirun (-m) re-runs the command line in "
             "each child process, which re-launches the whole sweep (a known Lightning+Hydra "
-            "limitation); use trainer.strategy=ddp_spawn for local sweeps, or "
+            "limitation); use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps "
+            "(Lightning's CSVLogger loses its header between a spawned fit and test), or "
             "hydra/launcher=slurm (SLURM starts the processes, one job per sweep point)")
     launched_outside = bool(os.environ.get("TORCHELASTIC_RUN_ID")) or int(
         os.environ.get("SLURM_NTASKS", "1")) > 1
