@@ -122,16 +122,19 @@ def test_export_round_trips_through_transformers(tmp_path):
 
 
 def test_export_refuses_what_transformers_cannot_run(tmp_path):
+    ok = {"depths": (1, 2, 3)}  # transformers' CvT cannot build stage i with <= i blocks
     for overrides, match in (({"pos_embed": True}, "position embeddings"),
-                             ({"projection": "avg"}, "dw_bn")):
+                             ({"projection": "avg"}, "dw_bn"),
+                             ({"cls_token": False}, "no cls token"),
+                             ({"depths": (1, 1, 2)}, "more than i blocks")):
         with pytest.raises(ValueError, match=match):
-            export_hf(create_model("cvt_tiny", activation="gelu", **overrides), tmp_path)
+            export_hf(create_model("cvt_tiny", activation="gelu", **{**ok, **overrides}), tmp_path)
     with pytest.warns(UserWarning, match="exact GELU"):
-        export_hf(create_model("cvt_tiny"), tmp_path)  # quick_gelu: allowed, with a warning
+        export_hf(create_model("cvt_tiny", **ok), tmp_path)  # quick_gelu: allowed, with a warning
     with pytest.raises(ValueError, match="fuse_bn"):
-        export_hf(create_model("cvt_tiny", activation="gelu").eval().fuse_bn(), tmp_path)
+        export_hf(create_model("cvt_tiny", activation="gelu", **ok).eval().fuse_bn(), tmp_path)
     # the patch-embedding ablation is a conv with kernel = stride: representable
-    export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch"), tmp_path)
+    export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch", **ok), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["patch_sizes"] == [2, 2, 2]
 
 
