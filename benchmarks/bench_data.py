@@ -5,6 +5,10 @@ measures images/s of the training loader (decode + RandomResizedCrop + flip in w
 uint8 collate) at 0/1/2 workers, the cost of the DeiT batch augmentation on this CPU, and
 CvT-13 fwd+bwd at 224 for the ratio. Prints a table and writes JSON.
 
+Wall-clock rates depend on what else runs on the machine; the in-process runs (0 workers,
+augmentation, model) also report CPU time, which does not: "per CPU-second" rates are
+per-core rates, the basis for sizing workers on another machine.
+
     PYTHONPATH=src python benchmarks/bench_data.py [--out bench_data.json] [--quick]
 """
 
@@ -50,42 +54,48 @@ def synthetic(n: int, size: tuple[int, int], fmt: str, seed: int = 0) -> Dataset
                              features=Features({"image": Image(decode=False), "label": Value("int64")}))
 
 
-def loader_rate(ds: Dataset, size: int, workers: int, batch: int, epochs: int) -> float:
-    """Images/s of the training loader (decode + crop + flip + collate), after a warm-up batch."""
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process) of fn(*args)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def loader_rate(ds: Dataset, size: int, workers: int, batch: int, epochs: int) -> dict[str, float]:
+    """Images/s of the training loader (decode + crop + flip + collate), after a warm-up batch;
+    with 0 workers also images per CPU-second (a per-core rate)."""
     data = ImageDataset(ds, SampleDecoder(TrainTransform(size, True, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)))
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate,
                         persistent_workers=workers > 0, drop_last=True)
     next(iter(loader))  # start the workers
-    count, start = 0, time.perf_counter()
-    for _ in range(epochs):
-        for images, _, _ in loader:
-            count += images.shape[0]
-    return count / (time.perf_counter() - start)
+    count = len(loader) * batch * epochs
+    wall, cpu = timed(lambda: [None for _ in range(epochs) for _ in loader])
+    return {"img_per_s": count / wall, **({"img_per_cpu_s": count / cpu} if workers == 0 else {})}
 
 
-def augment_cost(size: int, batch: int, reps: int) -> float:
-    """Seconds per batch of the DeiT device augmentation (RandAugment, erasing, mixing) on CPU."""
+def augment_cost(size: int, batch: int, reps: int) -> dict[str, float]:
+    """Wall and CPU ms per batch of the DeiT device augmentation (RandAugment, erasing, mixing)."""
     aug = DeviceAugment(MEAN, STD, DEIT, num_classes=1000)
     images = torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)
     labels = torch.randint(0, 1000, (batch,))
     aug(images, labels, True)
-    start = time.perf_counter()
-    for _ in range(reps):
-        aug(images, labels, True)
-    return (time.perf_counter() - start) / reps
+    wall, cpu = timed(lambda: [aug(images, labels, True) for _ in range(reps)])
+    return {"ms_per_batch": 1000 * wall / reps, "cpu_ms_per_batch": 1000 * cpu / reps,
+            "img_per_s": batch * reps / wall}
 
 
-def model_rate(batch: int = 8, reps: int = 2) -> float:
-    """CvT-13 @224 forward + backward images/s on this CPU (fp32)."""
+def model_rate(batch: int = 8, reps: int = 2) -> dict[str, float]:
+    """CvT-13 @224 forward + backward images/s on this CPU (fp32), and per CPU-second."""
     from cvt_lab.models import create_model
 
     net = create_model("cvt13", num_classes=1000).train()
     x, y = torch.randn(batch, 3, 224, 224), torch.randint(0, 1000, (batch,))
-    torch.nn.functional.cross_entropy(net(x), y).backward()
-    start = time.perf_counter()
-    for _ in range(reps):
+    def step():
         torch.nn.functional.cross_entropy(net(x), y).backward()
-    return batch * reps / (time.perf_counter() - start)
+
+    step()
+    wall, cpu = timed(lambda: [step() for _ in range(reps)])
+    return {"img_per_s": batch * reps / wall, "img_per_cpu_s": batch * reps / cpu}
 
 
 def main() -> None:
@@ -102,28 +112,29 @@ def main() -> None:
         for workers in (0, 1, 2):
             results["loader"][f"{name}, {workers} workers"] = loader_rate(ds, size, workers, batch, epochs)
     for size, batch in ((32, 64), (224, 32)):
-        sec = augment_cost(size, batch, reps=3 if args.quick else 10)
-        results["augment"][f"deit @{size}, batch {batch}"] = {"ms_per_batch": 1000 * sec, "img_per_s": batch / sec}
-    results["cvt13_fwd_bwd_img_per_s"] = model_rate(reps=1 if args.quick else 2)
+        results["augment"][f"deit @{size}, batch {batch}"] = augment_cost(size, batch, reps=3 if args.quick else 10)
+    results["cvt13"] = model_rate(reps=1 if args.quick else 2)
 
-    inet0 = results["loader"]["imagenet 500x375 JPEG -> 224, 0 workers"]
-    aug224 = results["augment"]["deit @224, batch 32"]["img_per_s"]
-    model = results["cvt13_fwd_bwd_img_per_s"]
-    results["ratio_loader_2w_over_model"] = results["loader"]["imagenet 500x375 JPEG -> 224, 2 workers"] / model
-    results["gpu_workers_needed"] = {f"{r} img/s": math.ceil(r / inet0 * 1.25) for r in H100_ASSUMED}
+    cores = os.cpu_count() or 1
+    per_core = results["loader"]["imagenet 500x375 JPEG -> 224, 0 workers"]["img_per_cpu_s"]
+    model_idle = results["cvt13"]["img_per_cpu_s"] * min(cores, torch.get_num_threads())
+    results["per_core_decode_img_per_s"] = per_core
+    results["ratio_loader_over_model_idle"] = per_core * cores / model_idle
+    results["gpu_workers_needed"] = {f"{r} img/s": math.ceil(r / per_core * 1.25) for r in H100_ASSUMED}
 
     print(f"\nMachine: {results['machine']}")
-    print(f"{'train loader':<44} {'img/s':>9}")
-    for key, rate in results["loader"].items():
-        print(f"  {key:<42} {rate:>9.0f}")
-    print(f"{'DeiT batch augmentation on CPU':<44} {'ms/batch':>9} {'img/s':>9}")
+    print(f"{'train loader':<44} {'img/s':>9} {'img/CPU-s':>10}")
+    for key, v in results["loader"].items():
+        print(f"  {key:<42} {v['img_per_s']:>9.0f} {v.get('img_per_cpu_s', float('nan')):>10.0f}")
+    print(f"{'DeiT batch augmentation (CPU)':<44} {'ms/batch':>9} {'CPU-ms':>10}")
     for key, v in results["augment"].items():
-        print(f"  {key:<42} {v['ms_per_batch']:>9.1f} {v['img_per_s']:>9.0f}")
-    print(f"CvT-13 @224 fwd+bwd, batch 8 (fp32, CPU): {model:.1f} img/s")
-    print(f"loader (2 workers) / model: {results['ratio_loader_2w_over_model']:.1f}x")
-    print(f"ImageNet-style decode+crop per core: {inet0:.0f} img/s (+ device aug {aug224:.0f} img/s on CPU)")
+        print(f"  {key:<42} {v['ms_per_batch']:>9.0f} {v['cpu_ms_per_batch']:>10.0f}")
+    print(f"CvT-13 @224 fwd+bwd, batch 8, fp32: {results['cvt13']['img_per_s']:.2f} img/s wall, "
+          f"{results['cvt13']['img_per_cpu_s']:.2f} img/CPU-s (~{model_idle:.1f} img/s on {cores} idle cores)")
+    print(f"ImageNet-style decode+crop: {per_core:.0f} img/s per core; on {cores} idle cores the loader "
+          f"outpaces CvT-13 by {results['ratio_loader_over_model_idle']:.0f}x")
     for target, n in results["gpu_workers_needed"].items():
-        print(f"  assumed H100 at {target}: {n} decode workers per GPU (25% headroom)")
+        print(f"  assumed H100 training at {target}: {n} decode cores per GPU (25% headroom)")
     with open(args.out, "w") as f:
         json.dump(results, f, indent=2)
     print(f"wrote {args.out}")
