@@ -10,6 +10,8 @@ import torch
 from datasets import Dataset
 from torch.utils.data import DataLoader
 
+from ..resume import ResumableLoader, ResumableSampler
+from ..validate import check_num_classes
 from .decode import decode_image
 from .device_augment import DeviceAugment
 from .sources import DataSourceError, load_splits
@@ -62,6 +64,7 @@ class ImageDataModule(L.LightningDataModule):
         if self.splits is None:
             self.splits = load_splits(self.cfg, self.seed)
             for name, ds in self.splits.items():
+                check_num_classes(ds.features, self.num_classes, f"{self.cfg['name']}/{name}")
                 check_labels(ds, self.num_classes, f"{self.cfg['name']}/{name}")
 
     def micro_batch_size(self) -> int:
@@ -82,10 +85,16 @@ class ImageDataModule(L.LightningDataModule):
         dataset = ImageDataset(self.splits[split], transform)
         batch = self.micro_batch_size()
         workers = self.cfg.get("num_workers", 0)
-        return DataLoader(
-            dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) >= batch,
-            num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available())
+        options = dict(batch_size=batch, num_workers=workers, persistent_workers=workers > 0,
+                       pin_memory=torch.cuda.is_available())
+        if not train:
+            return DataLoader(dataset, shuffle=False, **options)
+        # order fixed by (seed, epoch), position saved in checkpoints: exact mid-epoch resume
+        trainer = self.trainer
+        sampler = ResumableSampler(dataset, num_replicas=trainer.world_size if trainer else 1,
+                                   rank=trainer.global_rank if trainer else 0, seed=self.seed)
+        return ResumableLoader(dataset, sampler=sampler, drop_last=len(dataset) >= batch,
+                               generator=torch.Generator().manual_seed(self.seed), **options)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
