@@ -49,8 +49,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        scheduler=plain(cfg.scheduler), num_classes=cfg.data.num_classes,
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0))
     loggers = instantiate_all(cfg.get("logger"))
-    callbacks = [*instantiate_all(cfg.get("callbacks")),
-                 RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")]
+    guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
+    callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
     plugins = [*(hydra.utils.instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
                                                  callbacks=callbacks, plugins=plugins)
@@ -78,12 +78,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         _finish_wandb(loggers, exit_code=1)  # a sweep's next job must not log into this run
         raise
 
-    checkpoint = trainer.checkpoint_callback
     print_summary(
         {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
         {"run dir": cfg.paths.output_dir,
          "best ckpt": _best_checkpoint(trainer),
-         "last ckpt": getattr(checkpoint, "last_model_path", None),
+         "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
     _finish_wandb(loggers)

@@ -297,6 +297,9 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
     close = difflib.get_close_matches(leaf, keys, n=3)
     where = f"'{parent_key}'" if parent_key else "the top level"
     did = f" Did you mean {', '.join(f'{parent_key}.{c}' if parent_key else c for c in close)}?" if close else ""
+    if parent_key == "trainer" and not close:  # any Trainer argument may be added with +
+        extra = difflib.get_close_matches(leaf, sorted(trainer_keys()), n=3)
+        did = f" Did you mean {', '.join(f'+trainer.{c}' for c in extra)}?" if extra else ""
     return f"Hint: '{key}' is not a key of {where}.{did} Keys there: {', '.join(keys)}"
 
 
