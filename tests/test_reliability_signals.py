@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from conftest import ROOT
@@ -21,6 +22,7 @@ def wandb_ids(run_dir: Path) -> set[str]:
     return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
 
 
+@pytest.mark.slow
 def test_sigterm_saves_last_ckpt_exits_143_and_resume_continues_the_wandb_run(tmp_path):
     logs = tmp_path / "logs"
     common = ["logger=default", *TINY, "task_name=preempt", f"paths.log_dir={logs}", "test=false"]
