@@ -7,7 +7,6 @@ import ipaddress
 import os
 import socket
 import threading
-from pathlib import Path
 
 import pytest
 
