@@ -12,7 +12,6 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
-from omegaconf import open_dict
 
 from conftest import ROOT, compose_config, run_cli
 from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
@@ -37,10 +36,7 @@ class SignalAt(L.Callback):
 
 
 def run_in_process(overrides: list[str], output_dir: Path) -> dict[str, float]:
-    cfg = compose_config(overrides, output_dir)
-    with open_dict(cfg):
-        del cfg["hydra"]  # Hydra's own node needs a live job to resolve
-    return run(cfg)
+    return run(compose_config(overrides, output_dir))
 
 
 def weights(ckpt: Path) -> dict[str, torch.Tensor]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from omegaconf import open_dict
 
 from conftest import CONF, compose_config
 from cvt_lab.data import DataSourceError, ImageDataModule
@@ -12,10 +11,7 @@ from test_configs import CASES
 
 
 def cfg_for(tmp_path, *overrides):
-    cfg = compose_config(["logger=csv", *overrides], tmp_path)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
+    return compose_config(["logger=csv", *overrides], tmp_path)
 
 
 @pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
@@ -99,6 +95,16 @@ def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
     assert str(err.value) == "embedded has 10 classes but data.num_classes=12; set data.num_classes=10"
 
 
+@pytest.mark.parametrize(("overrides", "hint"), [
+    (["model=cvt13", "trainer.max_epoch=3"],
+     "Hint: 'trainer.max_epoch' is not a key of 'trainer'. Did you mean trainer.max_epochs?"),
+    (["trainer.limit_train_batch=3"],
+     "Hint: 'trainer.limit_train_batch' is not a key of 'trainer'. Did you mean +trainer.limit_train_batches"),
+    (["data.batchsize=3"], "Hint: 'data.batchsize' is not a key of 'data'. Did you mean data.batch_size?"),
+    (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
+    (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),
+    (["sede=1"], "Hint: 'sede' is not a key of the top level. Did you mean seed"),
+])
 def test_override_hint_names_the_bad_override_and_close_matches(overrides, hint):
     assert override_hint(overrides, conf=CONF).startswith(hint)
 

@@ -39,6 +39,9 @@ def validate(cfg: DictConfig) -> None:
     _check_unknown_keys(cfg, config_dir())
     _check_run_mode(cfg)
     _check_model(cfg)
+    if cfg.data.num_classes is None and cfg.data.get("source") != "folder":
+        raise ConfigError(f"data.num_classes is not set for {cfg.data.name}: set "
+                          "data.num_classes=<number of classes>")
     names = cfg.data.get("class_names")
     if names is not None and len(names) != cfg.data.num_classes:
         raise ConfigError(f"data.class_names has {len(names)} names but data.num_classes="
@@ -60,7 +63,8 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "test": (lambda v: isinstance(v, bool), "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "data.image_size": (lambda v: _is_int(v) and v > 0, "an integer > 0 (pixels)"),
-    "data.num_classes": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+    "data.num_classes": (lambda v: v is None or (_is_int(v) and v > 0),
+                         "an integer > 0 (or null with data=folder: one class per folder)"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
@@ -97,7 +101,8 @@ def _check_model(cfg: DictConfig) -> None:
     knobs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
              if v is not None and k not in ("name", "pretrained", "grad_checkpointing")}
     try:
-        model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes, **knobs)
+        # the class count (null for folders until the data is read) does not shape the body
+        model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1, **knobs)
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"model: {err.args[0] if err.args else err}") from err
     size, stride = cfg.data.image_size, model.total_stride
