@@ -2,7 +2,7 @@
 
 Tokens travel as (B, N, C). Where a block needs a feature map it takes a
 (B, C, H, W) *view* of the same memory (channels-last strides), so the conv
-projections cost no copies. Module and parameter names follow the original
+projections cost no copies (one per block where a cls token must be split off). Module and parameter names follow the original
 research code (``stage{i}.patch_embed``, ``blocks.{j}.attn.conv_proj_q``...),
 which keeps the checkpoint converters short.
 """
