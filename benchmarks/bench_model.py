@@ -15,6 +15,7 @@ GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile`
 Outputs match before anything is timed (logits and training loss to 1e-4).
 
     PYTHONPATH=src python benchmarks/bench_model.py            # writes JSON + docs table
+    PYTHONPATH=src python benchmarks/bench_model.py --threads 1  # robust on a shared machine
     PYTHONPATH=src python benchmarks/bench_model.py --reps 3 --no-doc
 """
 
@@ -42,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLOPS_PER_IMG = 27.2e9
 PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 IMPLS = ("ours", "transformers")
-DOC_BEGIN, DOC_END = "<!-- bench_model:begin -->", "<!-- bench_model:end -->"
+DOC_MARK = "<!-- bench_model:{tag}:{end} -->"  # one block per setting, e.g. cpu-2t, cuda
 
 
 # ---------------------------------------------------------------- models with equal weights
@@ -126,7 +127,7 @@ def interleaved_throughput(steps: dict[str, object], batch: int, reps: int, iter
         step()
         step()
     sync(device)
-    runs = {name: {"img_s": [], "others_busy": []} for name in steps}
+    runs = {name: {"img_s": [], "cpu_img_s": [], "others_busy": []} for name in steps}
     for rep in range(reps):
         order = list(steps) if rep % 2 == 0 else list(reversed(steps))
         for name in order:
@@ -135,9 +136,10 @@ def interleaved_throughput(steps: dict[str, object], batch: int, reps: int, iter
             for _ in range(iters):
                 steps[name]()
             sync(device)
-            wall = time.perf_counter() - t0
-            others = _machine_busy_s() - busy0 - (time.process_time() - own0)
+            wall, own = time.perf_counter() - t0, time.process_time() - own0
+            others = _machine_busy_s() - busy0 - own
             runs[name]["img_s"].append(batch * iters / wall)
+            runs[name]["cpu_img_s"].append(batch * iters / own)  # per CPU-second, all threads
             runs[name]["others_busy"].append(max(0.0, others) / (wall * os.cpu_count()))
     return runs
 
@@ -148,11 +150,14 @@ def summarise(runs: dict[str, dict[str, list[float]]], quiet: float = 0.1) -> di
     reps = range(len(runs["ours"]["img_s"]))
     clean = [r for r in reps if max(runs[n]["others_busy"][r] for n in runs) < quiet]
     use = clean or list(reps)
-    ours = [runs["ours"]["img_s"][r] for r in use]
-    theirs = [runs["transformers"]["img_s"][r] for r in use]
-    return {"ours_img_s": statistics.median(ours), "transformers_img_s": statistics.median(theirs),
-            "speedup": statistics.median(a / b for a, b in zip(ours, theirs)),
-            "reps_used": len(use), "contended": not clean, "per_rep": runs}
+    out: dict = {"reps_used": len(use), "contended": not clean, "per_rep": runs}
+    for metric, ratio in (("img_s", "speedup"), ("cpu_img_s", "cpu_speedup")):
+        ours = [runs["ours"][metric][r] for r in use]
+        theirs = [runs["transformers"][metric][r] for r in use]
+        out[f"ours_{metric}"] = statistics.median(ours)
+        out[f"transformers_{metric}"] = statistics.median(theirs)
+        out[ratio] = statistics.median(a / b for a, b in zip(ours, theirs))
+    return out
 
 
 # ---------------------------------------------------------------- CPU peak memory
@@ -217,7 +222,6 @@ def run_cpu(args: argparse.Namespace, path: Path) -> dict:
 
 def run_gpu(args: argparse.Namespace, path: Path) -> dict:
     device = torch.device("cuda")
-    torch.backends.cuda.matmul.allow_tf32 = True
     x = torch.randn(args.batch, 3, args.img, args.img, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
     name = torch.cuda.get_device_name()
@@ -245,14 +249,15 @@ def run_gpu(args: argparse.Namespace, path: Path) -> dict:
 
 
 def table(result: dict) -> str:
-    rows = ["| mode | ours img/s | transformers img/s | speed-up | ours peak MiB | "
-            "transformers peak MiB | memory ratio | quiet reps |", "|---|---|---|---|---|---|---|---|"]
+    rows = ["| mode | ours img/s | transformers img/s | speed-up | per CPU-second | ours peak MiB | "
+            "transformers peak MiB | memory ratio | quiet reps |",
+            "|---|---|---|---|---|---|---|---|---|"]
     for mode, r in result.items():
         if not isinstance(r, dict) or "speedup" not in r:
             continue
         mfu = f" (MFU {r['ours_mfu']:.1%} vs {r['transformers_mfu']:.1%})" if "ours_mfu" in r else ""
         rows.append(f"| {mode} | {r['ours_img_s']:.2f} | {r['transformers_img_s']:.2f} | "
-                    f"{r['speedup']:.2f}x{mfu} | {r['ours_peak_mib']:.0f} | "
+                    f"{r['speedup']:.2f}x{mfu} | {r['cpu_speedup']:.2f}x | {r['ours_peak_mib']:.0f} | "
                     f"{r['transformers_peak_mib']:.0f} | "
                     f"{r['ours_peak_mib'] / r['transformers_peak_mib']:.2f} | "
                     f"{0 if r['contended'] else r['reps_used']}/{len(r['per_rep']['ours']['img_s'])} |")
@@ -260,9 +265,11 @@ def table(result: dict) -> str:
 
 
 def write_doc(doc: Path, report: dict) -> None:
-    m = report["machine"]
+    m, settings = report["machine"], report["settings"]
+    tag = "cuda" if settings["device"] == "cuda" else f"cpu-{settings['threads']}t"
+    begin, end = DOC_MARK.format(tag=tag, end="begin"), DOC_MARK.format(tag=tag, end="end")
     block = "\n".join([
-        DOC_BEGIN,
+        begin,
         f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores{', ' + m['gpu'] if 'gpu' in m else ''}), "
         f"torch {m['torch']}, transformers {m['transformers']}, "
         f"{report['settings']['device']} {report['settings']['dtype']}, batch {report['settings']['batch']}, "
@@ -274,12 +281,12 @@ def write_doc(doc: Path, report: dict) -> None:
         f"Command: `{report['command']}`",
         "",
         table(report["result"]),
-        DOC_END,
+        end,
     ])
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\n## Model\n\n"
-    if DOC_BEGIN in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
@@ -319,7 +326,8 @@ def main() -> None:
                      "train_step": "zero_grad + forward + cross-entropy + backward + AdamW step"},
         "result": result,
     }
-    out = args.json or ROOT / "benchmarks" / "results" / f"model_{args.device}.json"
+    suffix = "cuda" if args.device == "cuda" else f"cpu_{args.threads}t"
+    out = args.json or ROOT / "benchmarks" / "results" / f"model_{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2))
     print(table(result))

@@ -17,8 +17,8 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow  # ~15 s on a quiet machine: five fresh interpreters import transformers
 def test_bench_model_runs_and_writes_its_table(tmp_path):
     doc = tmp_path / "benchmarks.md"
-    doc.write_text("# Benchmarks\n\n## Model\n\nintro\n\n<!-- bench_model:begin -->\nold\n"
-                   "<!-- bench_model:end -->\n\n## Data\n\nkept\n")
+    doc.write_text("# Benchmarks\n\n## Model\n\nintro\n\n<!-- bench_model:cpu-1t:begin -->\nold\n"
+                   "<!-- bench_model:cpu-1t:end -->\n\n## Data\n\nkept\n")
     out = tmp_path / "model_cpu.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_model.py"), "--device", "cpu",
            "--smoke", "--img", "32", "--batch", "2", "--reps", "2", "--iters", "1", "--threads", "1", "--json", str(out),

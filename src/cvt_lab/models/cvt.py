@@ -2,7 +2,7 @@
 
 Tokens travel as (B, N, C). Where a block needs a feature map it takes a
 (B, C, H, W) *view* of the same memory (channels-last strides), so the conv
-projections cost no copies. Module and parameter names follow the original
+projections cost no copies (one per block where a cls token must be split off). Module and parameter names follow the original
 research code (``stage{i}.patch_embed``, ``blocks.{j}.attn.conv_proj_q``...),
 which keeps the checkpoint converters short.
 """
@@ -143,7 +143,17 @@ class ConvAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
 
-    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+    def _project(self, fmap: torch.Tensor, cls: torch.Tensor | None, conv: ConvProjection,
+                 linear: nn.Linear) -> torch.Tensor:
+        """conv projection -> Linear -> heads; the cls token skips the conv.
+
+        The cls token joins *after* the Linear (the same map, row by row): concatenating
+        before it would hand the conv projection a strided slice of the gradient in
+        backward, which sends its BatchNorm down a slow, copying path.
+        """
+        x = linear(conv(fmap))
+        if cls is not None:
+            x = torch.cat([linear(cls), x], dim=1)
         b, n, c = x.shape  # (B, N, C) -> (B, heads, N, C / heads)
         return x.view(b, n, self.num_heads, c // self.num_heads).transpose(1, 2)
 
@@ -152,12 +162,12 @@ class ConvAttention(nn.Module):
         b, n, c = x.shape
         cls = None
         if self.has_cls:
-            cls, x = x[:, :1], x[:, 1:]
+            # one dense copy of the map: a strided slice would make each conv copy it again
+            cls, x = x[:, :1], x[:, 1:].contiguous()
         fmap = x.reshape(b, h, w, c).permute(0, 3, 1, 2)  # a channels-last view, no copy
-        q, k, v = self.conv_proj_q(fmap), self.conv_proj_k(fmap), self.conv_proj_v(fmap)
-        if cls is not None:
-            q, k, v = (torch.cat([cls, t], dim=1) for t in (q, k, v))
-        q, k, v = self._heads(self.proj_q(q)), self._heads(self.proj_k(k)), self._heads(self.proj_v(v))
+        q = self._project(fmap, cls, self.conv_proj_q, self.proj_q)
+        k = self._project(fmap, cls, self.conv_proj_k, self.proj_k)
+        v = self._project(fmap, cls, self.conv_proj_v, self.proj_v)
         weights = None
         if need_weights:  # explicit path, for visualisation
             weights = (q @ k.transpose(-2, -1) * self.scale).softmax(dim=-1)
