@@ -16,6 +16,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from .validate import ConfigError
+
 # Lightning's precision flags; "32"/"16"/"bf16" are its short spellings.
 FP16_MIXED = ("16-mixed", "16")
 BF16 = ("bf16-mixed", "bf16", "bf16-true")
@@ -23,8 +25,9 @@ BF16 = ("bf16-mixed", "bf16", "bf16-true")
 SUBPROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
 
 
-class HardwareError(ValueError):
-    """A hardware/recipe setting this machine or config cannot run; says which and the fix."""
+class HardwareError(ConfigError):
+    """A hardware/recipe setting this machine or config cannot run; says which and the fix
+    (a ConfigError, so run.py prints it without a traceback)."""
 
 
 def uses_gpu(trainer: dict[str, Any]) -> bool:
