@@ -33,6 +33,8 @@ METRIC_COLUMNS = [("val/acc1_best", "best val top-1 %"), ("val/acc1", "final val
                   ("test/acc1", "test top-1 %"), ("train/loss", "final train loss"),
                   ("train/img_per_sec", "train img/s")]
 
+PAPER_HEADERS = {"top1": "paper top-1 %", "gmacs": "paper GMACs"}  # ablation.paper_<key>
+
 
 class ReportError(Exception):
     """Nothing to report (no runs, or no run with metrics); the message says what was found."""
@@ -168,7 +170,7 @@ def build_table(jobs: list[Job], metric: str) -> tuple[list[str], list[list[Any]
     headers += ["variant"] if any(j.variant is not None for j in jobs) else []
     headers += ["overrides"] if any(varying.values()) else []
     headers += ["status", *(h for _, h in metric_cols), "params", "MACs (M)"]
-    headers += [f"paper {k}" for k in paper_keys]
+    headers += [PAPER_HEADERS.get(k, f"paper {k}") for k in paper_keys]
     rows = []
     for j in jobs:
         row: list[Any] = [j.name]
@@ -221,33 +223,35 @@ def to_csv(headers: list[str], rows: list[list[Any]]) -> str:
 
 
 def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
-    """Bar chart: the metric per job/variant (left), parameters and MACs beside it (right)."""
+    """Bars per job/variant: the metric (with the paper's number), parameters and MACs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    labels = [j.variant or " ".join(varying_overrides(jobs)[j.name]) or j.name for j in jobs]
+    varying = varying_overrides(jobs)
+    labels = [j.variant or " ".join(varying[j.name]) or j.name for j in jobs]
     scale = 100 if "/acc" in metric else 1
-    values = [j.metrics.get(metric, math.nan) * scale for j in jobs]
-    fig, (ax_m, ax_c) = plt.subplots(1, 2, figsize=(11, 1.2 + 0.45 * len(jobs)), sharey=True,
-                                     gridspec_kw={"width_ratios": [3, 2]})
-    y = range(len(jobs))
-    ax_m.barh(y, [0 if math.isnan(v) else v for v in values], color="tab:blue")
-    for i, (job, v) in enumerate(zip(jobs, values)):
-        note = f"{v:.2f}" if not math.isnan(v) else job.status
-        note += f"  (paper {job.paper['top1']:.1f})" if "top1" in job.paper else ""
-        ax_m.text(0, i, " " + note, va="center", ha="left", color="white" if v > 0 else "k")
-    ax_m.set_yticks(list(y), labels)
-    ax_m.invert_yaxis()
-    ax_m.set_xlabel(metric + (" (%)" if scale == 100 else ""))
-    params = [(j.params or 0) / 1e6 for j in jobs]
-    ax_c.barh([i - 0.2 for i in y], params, height=0.4, label="params (M)", color="tab:gray")
+    panels = [(metric + (" (%)" if scale == 100 else ""),
+               [j.metrics.get(metric, math.nan) * scale for j in jobs]),
+              ("parameters (M)", [math.nan if j.params is None else j.params / 1e6 for j in jobs])]
     if any(j.macs for j in jobs):
-        ax_c.barh([i + 0.2 for i in y], [(j.macs or 0) / 1e6 for j in jobs], height=0.4,
-                  label="MACs (M)", color="tab:orange")
-    ax_c.legend(loc="lower right", fontsize="small")
-    ax_c.set_xlabel("millions")
+        panels.append(("MACs per image (M)",
+                       [math.nan if j.macs is None else j.macs / 1e6 for j in jobs]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3.5 * len(panels), 1.3 + 0.45 * len(jobs)),
+                             sharey=True, gridspec_kw={"width_ratios": [2] + [1] * (len(panels) - 1)})
+    for ax, (xlabel, values) in zip(axes, panels):
+        ax.barh(range(len(jobs)), [0 if math.isnan(v) else v for v in values],
+                color="tab:blue" if ax is axes[0] else "tab:gray")
+        for i, (job, v) in enumerate(zip(jobs, values)):
+            note = job.status if math.isnan(v) else f"{v:.2f}"
+            if ax is axes[0] and "top1" in job.paper:
+                note += f"  (paper {job.paper['top1']:.1f})"
+            ax.text(0, i, " " + note, va="center", ha="left", fontsize="small",
+                    color="white" if v > 0 and ax is axes[0] else "black")
+        ax.set_xlabel(xlabel)
+    axes[0].set_yticks(range(len(jobs)), labels)
+    axes[0].invert_yaxis()
     fig.suptitle(title or "Sweep report")
     fig.tight_layout()
     buf = io.BytesIO()
@@ -259,16 +263,18 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
 # --------------------------------------------------------------------------- outputs
 
 def write_outputs(out_dir: Path, contents: dict[str, str | bytes]) -> list[Path]:
-    """Write every file via a temporary name and rename: no half-written reports."""
+    """Write every file under a temporary name, then rename all: no half-written reports."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    temps = []
-    for name, data in contents.items():
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
-        temps.append((tmp, out_dir / name))
-    for tmp, final in temps:
-        os.replace(tmp, final)
-    return [final for _, final in temps]
+    temps = {out_dir / f".{name}.tmp": out_dir / name for name in contents}
+    try:
+        for (tmp, _), data in zip(temps.items(), contents.values()):
+            tmp.write_bytes(data if isinstance(data, bytes) else data.encode())
+        for tmp, final in temps.items():
+            os.replace(tmp, final)
+    finally:
+        for tmp in temps:
+            tmp.unlink(missing_ok=True)
+    return list(temps.values())
 
 
 def log_wandb(headers: list[str], rows: list[list[Any]], root: Path, jobs_cfg: DictConfig,
