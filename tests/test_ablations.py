@@ -68,7 +68,8 @@ def test_pos_embed_adds_exactly_one_embedding_per_chosen_stage(tmp_path):
     assert n_params(nets["every_stage"]) - n_params(base) == sum(sizes)
     assert n_params(nets["first_stage"]) - n_params(base) == sizes[0]
     assert n_params(nets["last_stage"]) - n_params(base) == sizes[2]
-    assert nets["first_stage"].stage0.pos_embed is not None and nets["first_stage"].stage2.pos_embed is None
+    first = nets["first_stage"]
+    assert first.stage0.pos_embed is not None and first.stage2.pos_embed is None
 
 
 def test_token_embed_patch_is_non_overlapping_and_pe_adds_params(tmp_path):

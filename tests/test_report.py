@@ -47,12 +47,14 @@ def test_directory_without_runs(tmp_path, capsys):
 def test_runs_without_metrics_are_named_and_nothing_is_written(tmp_path, capsys):
     job_started_but_never_logged(tmp_path / "0", "optimizer.lr=0.001")
     job_started_but_never_logged(tmp_path / "1", "optimizer.lr=0.003")
-    (tmp_path / "1" / "failed.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    failed = {"error": "RuntimeError: out of memory"}
+    (tmp_path / "1" / "failed.json").write_text(json.dumps(failed))
     before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
     code, err = run_main(capsys, str(tmp_path))
     assert code == 2
     assert "2 run(s) but none logged metrics" in err
-    assert "0: no metrics.json or csv/metrics.csv" in err and "1: RuntimeError: out of memory" in err
+    assert "0: no metrics.json or csv/metrics.csv" in err
+    assert "1: RuntimeError: out of memory" in err
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
 
 

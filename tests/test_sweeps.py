@@ -53,7 +53,8 @@ def test_multirun_gives_each_job_its_dir_and_the_report_one_row_each(lr_sweep, t
     # the CSV carries the same numbers; the markdown one line per job; the PNG is an image
     with (tmp_path / "report.csv").open() as f:
         table = list(csv.DictReader(f))
-    assert [float(r["best val top-1 %"]) for r in table] == [r[col["best val top-1 %"]] for r in rows]
+    best = col["best val top-1 %"]
+    assert [float(r["best val top-1 %"]) for r in table] == [r[best] for r in rows]
     md = (tmp_path / "report.md").read_text()
     assert md.count("| optimizer.lr=") == 2 and "Common overrides:" in md
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -82,7 +83,8 @@ def test_a_failing_job_does_not_stop_the_sweep_and_wandb_runs_stay_apart(tmp_pat
     assert failed["error"] == "ValueError: unknown optimizer.name 'bogus'; choose adamw or sgd"
     assert "Traceback" in failed["traceback"]
     assert not (out / "0" / "metrics.json").exists()
-    assert json.loads((out / "1" / "metrics.json").read_text())["val/acc1_best"] >= 0  # ... after job 1
+    # ... after job 1 finished
+    assert json.loads((out / "1" / "metrics.json").read_text())["val/acc1_best"] >= 0
     run0 = list((out / "0" / "wandb").glob("offline-run-*"))
     run1 = list((out / "1" / "wandb").glob("offline-run-*"))
     assert len(run0) == 1 and len(run1) == 1 and run0[0].name[-8:] != run1[0].name[-8:]

@@ -238,8 +238,9 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
     if any(j.macs for j in jobs):
         panels.append(("MACs per image (M)",
                        [math.nan if j.macs is None else j.macs / 1e6 for j in jobs]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 + 3.5 * len(panels), 1.3 + 0.45 * len(jobs)),
-                             sharey=True, gridspec_kw={"width_ratios": [2] + [1] * (len(panels) - 1)})
+    fig, axes = plt.subplots(1, len(panels), sharey=True,
+                             figsize=(4 + 3.5 * len(panels), 1.3 + 0.45 * len(jobs)),
+                             gridspec_kw={"width_ratios": [2] + [1] * (len(panels) - 1)})
     for ax, (xlabel, values) in zip(axes, panels):
         ax.barh(range(len(jobs)), [0 if math.isnan(v) else v for v in values],
                 color="tab:blue" if ax is axes[0] else "tab:gray")
@@ -324,10 +325,12 @@ def report(root: Path, out_dir: Path | None = None, metric: str | None = None,
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cvt_lab.report", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a multirun dir (logs/<task>/multiruns/<time>)")
+    parser.add_argument("sweep_dir", type=Path,
+                        help="a multirun dir (logs/<task>/multiruns/<time>)")
     parser.add_argument("--out", type=Path, help="where to write report.* (default: sweep_dir)")
     parser.add_argument("--metric", help="metric to plot (default: the runs' optimized_metric)")
-    parser.add_argument("--wandb", default="auto", choices=["auto", "online", "offline", "disabled"],
+    parser.add_argument("--wandb", default="auto",
+                        choices=["auto", "online", "offline", "disabled"],
                         help="log the table to W&B (auto: only when W&B is online)")
     args = parser.parse_args(argv)
     try:

@@ -19,7 +19,7 @@ from typing import Any, Callable
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +50,12 @@ def name_wandb_run(cfg: DictConfig) -> None:
     if not wandb_cfg:
         return
     hydra_cfg = HydraConfig.get()
-    if wandb_cfg.get("group") is None:
-        wandb_cfg.group = wandb_group(cfg.task_name, hydra_cfg.sweep.dir)
-    if wandb_cfg.get("name") == cfg.task_name:
-        label = cfg.get("variant") or hydra_cfg.job.num
-        wandb_cfg.name = f"{cfg.task_name}-{label}"
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("group") is None:
+            wandb_cfg.group = wandb_group(cfg.task_name, hydra_cfg.sweep.dir)
+        if wandb_cfg.get("name") == cfg.task_name:
+            label = cfg.get("variant") or hydra_cfg.job.num
+            wandb_cfg.name = f"{cfg.task_name}-{label}"
 
 
 def wandb_group(task_name: str, sweep_dir: str | Path) -> str:
@@ -87,4 +88,5 @@ def _finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
-__all__ = ["run_job", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE", "FAILED_FILE"]
+__all__ = ["run_job", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
+           "FAILED_FILE"]
