@@ -10,11 +10,15 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from cvt_lab.train import CLEAR_ERRORS, run  # imported here so `--help` and `--cfg` stay fast
+    from cvt_lab.sweep import is_multirun, run_job  # imported here: `--help`/`--cfg` stay fast
+    from cvt_lab.train import CLEAR_ERRORS, run
 
     try:
-        metrics = run(cfg)
-    except CLEAR_ERRORS as err:  # the message names the problem and the fix: no traceback
+        metrics = run_job(cfg, run)  # writes metrics.json / failed.json into the run dir
+    except CLEAR_ERRORS as err:
+        if is_multirun():  # let Hydra record the failed job and go on with the sweep
+            raise
+        # the message names the problem and the fix: no traceback
         logging.getLogger("cvt_lab").error("%s: %s", type(err).__name__, err)
         sys.exit(1)
     metric = cfg.get("optimized_metric")

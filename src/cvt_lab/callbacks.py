@@ -1,0 +1,36 @@
+"""Lightning callbacks of this project."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import lightning as L
+
+
+class TrainThroughput(L.Callback):
+    """Logs ``train/img_per_sec``: images through forward + backward + optimizer step per
+    second (all devices), timed per batch so data loading and validation do not count.
+
+    The first ``skip`` batches of each epoch are left out (warm-up: allocator, compile).
+    """
+
+    def __init__(self, skip: int = 1) -> None:
+        self.skip = skip
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._images, self._seconds = 0, 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        if batch_idx >= self.skip:
+            self._seconds += time.perf_counter() - self._start
+            self._images += batch[0].shape[0] * trainer.world_size
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._seconds > 0:
+            pl_module.log("train/img_per_sec", self._images / self._seconds)

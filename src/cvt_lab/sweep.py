@@ -1,0 +1,92 @@
+"""Sweep plumbing: run one Hydra job and record how it ended; Optuna's study storage.
+
+Every job leaves a machine-readable outcome in its run directory, which is what
+`python -m cvt_lab.report` reads: ``metrics.json`` (final metrics) when it finished,
+``failed.json`` (the error and traceback) when it raised. A failure is re-raised: Hydra's
+launcher then carries on with the remaining sweep points and exits non-zero at the end,
+and the Optuna sweeper records the trial as failed (see conf/hparams_search/optuna.yaml).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, open_dict
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.json"
+FAILED_FILE = "failed.json"
+
+
+def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:
+    """``run(cfg)`` with its outcome written to ``cfg.paths.output_dir``."""
+    out = Path(cfg.paths.output_dir)
+    if is_multirun():
+        name_wandb_run(cfg)
+    try:
+        metrics = run(cfg)
+    except Exception as err:  # any error: record it for the report, then let Hydra handle it
+        write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
+                                       "traceback": traceback.format_exc()})
+        log.error("Job failed (%s); traceback in %s", err, out / FAILED_FILE)
+        _finish_wandb(exit_code=1)
+        raise
+    write_json(out / METRICS_FILE, {k: v for k, v in metrics.items() if math.isfinite(v)})
+    return metrics
+
+
+def name_wandb_run(cfg: DictConfig) -> None:
+    """Group a sweep's W&B runs by the sweep directory and name each by its job/variant."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    if not wandb_cfg:
+        return
+    hydra_cfg = HydraConfig.get()
+    with open_dict(wandb_cfg):
+        if wandb_cfg.get("group") is None:
+            wandb_cfg.group = wandb_group(cfg.task_name, hydra_cfg.sweep.dir)
+        if wandb_cfg.get("name") == cfg.task_name:
+            label = cfg.get("variant") or hydra_cfg.job.num
+            wandb_cfg.name = f"{cfg.task_name}-{label}"
+
+
+def wandb_group(task_name: str, sweep_dir: str | Path) -> str:
+    """The W&B group of a sweep's runs (and of its report): ``<task_name>-<sweep dir name>``."""
+    return f"{task_name}-{Path(sweep_dir).name}"
+
+
+@rank_zero_only
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def sqlite_storage(path: str) -> str:
+    """Optuna storage URL for an SQLite file, its folder made first (Hydra makes the sweep
+    dir only after the sweeper has opened the study)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(path).resolve()}"
+
+
+def is_multirun() -> bool:
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _finish_wandb(exit_code: int) -> None:
+    """Close a W&B run the failed job left open, so the next sweep job does not reuse it."""
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+__all__ = ["run_job", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
+           "FAILED_FILE"]

@@ -1,0 +1,71 @@
+"""`python -m cvt_lab.report` on bad input: a clear message, a non-zero exit, nothing written.
+
+(The report over real sweeps is tested in test_sweeps.py, next to the sweeps it reads.)
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf, open_dict
+
+from conftest import compose_config
+from cvt_lab import report
+
+
+def job_started_but_never_logged(job_dir, *overrides: str) -> None:
+    """What Hydra leaves in a job dir before the job logs anything (e.g. killed at start)."""
+    cfg = compose_config(["logger=csv", *overrides], job_dir)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    (job_dir / ".hydra").mkdir(parents=True)
+    OmegaConf.save(cfg, job_dir / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(overrides)), job_dir / ".hydra" / "overrides.yaml")
+
+
+def run_main(capsys, *argv: str) -> tuple[int, str]:
+    code = report.main([*argv, "--wandb", "disabled"])
+    return code, capsys.readouterr().err
+
+
+def test_missing_directory(tmp_path, capsys):
+    code, err = run_main(capsys, str(tmp_path / "nope"))
+    assert code == 2
+    assert err == (f"error: {tmp_path / 'nope'}: no such directory (give a multirun dir, "
+                   "e.g. logs/<task_name>/multiruns/<time>)\n")
+
+
+def test_directory_without_runs(tmp_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a sweep")
+    code, err = run_main(capsys, str(tmp_path))
+    assert code == 2
+    assert "no runs found (no <job>/.hydra/overrides.yaml below it)" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]  # nothing written
+
+
+def test_runs_without_metrics_are_named_and_nothing_is_written(tmp_path, capsys):
+    job_started_but_never_logged(tmp_path / "0", "optimizer.lr=0.001")
+    job_started_but_never_logged(tmp_path / "1", "optimizer.lr=0.003")
+    failed = {"error": "RuntimeError: out of memory"}
+    (tmp_path / "1" / "failed.json").write_text(json.dumps(failed))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, err = run_main(capsys, str(tmp_path))
+    assert code == 2
+    assert "2 run(s) but none logged metrics" in err
+    assert "0: no metrics.json or csv/metrics.csv" in err
+    assert "1: RuntimeError: out of memory" in err
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+
+
+def test_a_report_is_all_or_nothing(tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(AttributeError):  # the second file cannot be written
+        report.write_outputs(out, {"report.md": "table", "report.csv": None})
+    assert not list(out.iterdir())  # neither the markdown alone nor temporary files
+
+
+def test_wandb_auto_skips_when_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    assert report.log_wandb(["job"], [["0"]], tmp_path, OmegaConf.create({}), "auto") is None
+    assert not (tmp_path / "wandb").exists()

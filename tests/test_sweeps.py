@@ -1,0 +1,135 @@
+"""Sweeps through the real CLI: Hydra multirun, a failing job, the Optuna sweeper, the report."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+
+import pytest
+import yaml
+
+from conftest import run_cli
+from cvt_lab import report
+
+TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2",
+        "+trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0"]
+HAS_MACS = importlib.util.find_spec("cvt_lab.models.flops") is not None
+
+
+def sweep(tmp_path, *args: str):
+    out = tmp_path / "sweep"
+    proc = run_cli(*args, *TINY, f"hydra.sweep.dir={out}")
+    return proc, out
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory):
+    proc, out = sweep(tmp_path_factory.mktemp("lr"), "-m", "optimizer.lr=1e-3,3e-3", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+@pytest.mark.slow
+def test_multirun_gives_each_job_its_dir_and_the_report_one_row_each(lr_sweep, tmp_path):
+    jobs = sorted(p.name for p in lr_sweep.iterdir() if p.is_dir())
+    assert jobs == ["0", "1"]
+    for job, lr in (("0", 1e-3), ("1", 3e-3)):
+        cfg = yaml.safe_load((lr_sweep / job / ".hydra" / "config.yaml").read_text())
+        assert cfg["optimizer"]["lr"] == lr
+    result = report.report(lr_sweep, out_dir=tmp_path, wandb_mode="disabled")
+    headers, rows = result["headers"], result["rows"]
+    assert len(rows) == 2
+    col = {h: i for i, h in enumerate(headers)}
+    assert [r[col["overrides"]] for r in rows] == ["optimizer.lr=0.001", "optimizer.lr=0.003"]
+    assert [r[col["status"]] for r in rows] == ["ok", "ok"]
+    for job, row in zip(("0", "1"), rows):
+        metrics = json.loads((lr_sweep / job / "metrics.json").read_text())
+        assert row[col["best val top-1 %"]] == pytest.approx(100 * metrics["val/acc1_best"])
+        assert row[col["test top-1 %"]] == pytest.approx(100 * metrics["test/acc1"])
+        assert row[col["train img/s"]] > 0
+        assert row[col["params"]] == 566_218  # cvt_tiny, 10 classes
+        assert (row[col["MACs (M)"]] > 0) if HAS_MACS else row[col["MACs (M)"]] is None
+    # the CSV carries the same numbers; the markdown one line per job; the PNG is an image
+    with (tmp_path / "report.csv").open() as f:
+        table = list(csv.DictReader(f))
+    best = col["best val top-1 %"]
+    assert [float(r["best val top-1 %"]) for r in table] == [r[best] for r in rows]
+    md = (tmp_path / "report.md").read_text()
+    assert md.count("| optimizer.lr=") == 2 and "Common overrides:" in md
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_report_falls_back_to_the_csv_log_of_a_job_killed_before_its_summary(lr_sweep, tmp_path):
+    import shutil
+
+    copy = tmp_path / "killed"
+    shutil.copytree(lr_sweep, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    summary = json.loads((copy / "1" / "metrics.json").read_text())
+    (copy / "1" / "metrics.json").unlink()  # as if killed after the last epoch was logged
+    jobs = report.collect(copy)
+    assert [j.status for j in jobs] == ["ok", "incomplete"]
+    assert jobs[1].metrics["val/acc1_best"] == pytest.approx(summary["val/acc1_best"])
+
+
+@pytest.mark.slow
+def test_a_failing_job_does_not_stop_the_sweep_and_wandb_runs_stay_apart(tmp_path):
+    # job 0 fails inside fit (after its W&B run started); job 1 must still train, in its own run
+    proc, out = sweep(tmp_path, "-m", "optimizer.name=bogus,adamw", "logger=default",
+                      "task_name=failing")
+    assert proc.returncode != 0  # Hydra reports the failure at the end ...
+    failed = json.loads((out / "0" / "failed.json").read_text())
+    assert failed["error"] == "ValueError: unknown optimizer.name 'bogus'; choose adamw or sgd"
+    assert "Traceback" in failed["traceback"]
+    assert not (out / "0" / "metrics.json").exists()
+    # ... after job 1 finished
+    assert json.loads((out / "1" / "metrics.json").read_text())["val/acc1_best"] >= 0
+    run0 = list((out / "0" / "wandb").glob("offline-run-*"))
+    run1 = list((out / "1" / "wandb").glob("offline-run-*"))
+    assert len(run0) == 1 and len(run1) == 1 and run0[0].name[-8:] != run1[0].name[-8:]
+    wandb_bytes = next(run1[0].glob("*.wandb")).read_bytes()
+    assert b"failing-sweep" in wandb_bytes  # W&B group = <task_name>-<sweep dir name>
+
+    # the report lists the failure beside the finished job and logs the table to W&B (offline)
+    result = report.report(out, wandb_mode="offline")
+    assert [j.status for j in result["jobs"]] == ["failed", "ok"]
+    assert "- 0 (failed): ValueError: unknown optimizer.name 'bogus'" in result["markdown"]
+    tables = list((out / "wandb").glob("offline-run-*/files/media/table/report_*.table.json"))
+    assert len(tables) == 1
+    logged = json.loads(tables[0].read_text())
+    assert logged["columns"] == result["headers"] and len(logged["data"]) == 2
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="needs the [sweep] extra (hydra-optuna-sweeper)")
+def test_optuna_search_in_memory_writes_the_best_trial(tmp_path):
+    proc, out = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+                      "hydra.sweeper.storage=null", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    values = [json.loads((out / j / "metrics.json").read_text())["val/acc1_best"] for j in "01"]
+    best = yaml.safe_load((out / "optimization_results.yaml").read_text())
+    assert best["best_value"] == pytest.approx(max(values))
+    assert set(best["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.drop_path"}
+    assert 1e-4 <= best["best_params"]["optimizer.lr"] <= 1e-2
+    assert not (out / "optuna.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="needs the [sweep] extra (hydra-optuna-sweeper)")
+def test_optuna_search_resumes_a_study_from_its_sqlite_file(tmp_path):
+    import optuna
+
+    db = tmp_path / "old" / "optuna.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="cvt_lab", storage=url, direction="maximize")
+    study.tell(study.ask(), 2.0)  # an earlier trial no real run can beat (acc <= 1)
+    proc, out = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=1",
+                      f"hydra.sweeper.storage.path={db}", "logger=csv")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="cvt_lab", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    assert yaml.safe_load((out / "optimization_results.yaml").read_text())["best_value"] == 2.0
