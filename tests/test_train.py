@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import re
 
-from conftest import run_cli
+from conftest import compose_config, run_cli
 from cvt_lab.train import run
 
 
-def test_fast_dev_run_trains_and_tests_one_batch(make_cfg):
-    metrics = run(make_cfg("debug=fast_dev_run"))
+def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
+    cfg = compose_config(["debug=fast_dev_run"], tmp_path)  # as typed: no logger at all
+    metrics = run(cfg)
     assert 0.0 <= metrics["test/acc1"] <= 1.0
     assert metrics["train/loss"] > 0
 

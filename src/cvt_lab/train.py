@@ -8,12 +8,13 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from omegaconf import DictConfig, OmegaConf
 
 from .data import ImageDataModule
+from .models import count_macs, count_params
 from .module import CvTModule
 from .utils import git_commit, print_summary
 
@@ -57,13 +58,17 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))
+    if not loggers:  # logger=none: an lr monitor has nowhere to write
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
                                                  callbacks=callbacks)
-    n_params = sum(p.numel() for p in module.net.parameters())
-    rank_zero_info(f"Model {cfg.model.name}: {n_params:,} parameters")
+    n_params = count_params(module.net)
+    macs = count_macs(module.net, cfg.data.image_size)
+    rank_zero_info(f"Model {cfg.model.name}: {n_params:,} parameters, "
+                   f"{macs / 1e9:.3f} GMACs per {cfg.data.image_size} px image")
     for logger in loggers:
         logger.log_hyperparams({"config": plain(cfg), "git_commit": git_commit(),
-                                "params": n_params})
+                                "params": n_params, "gmacs": macs / 1e9})
 
     if cfg.train:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
