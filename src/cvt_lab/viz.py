@@ -89,6 +89,33 @@ def plot_learning_curves(source: str | Path, metrics: Sequence[str] | None = Non
     return fig
 
 
+def plot_metric_by_run(runs: dict[str, str | Path], metric: str = "val/acc1"):
+    """One metric of several runs (label -> run dir) on one axis, e.g. a sweep's variants."""
+    fig, axes = _figure(figsize=(5.5, 3.6))
+    for label, run_dir in runs.items():
+        steps, values = read_metrics_csv(run_dir).get(metric, ([], []))
+        axes.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label)
+    axes.set(title=metric, xlabel="step")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
+def plot_images(images: Sequence[Any], titles: Sequence[str] | None = None, cols: int = 8):
+    """A grid of images (PIL, arrays or (C, H, W) tensors) with optional titles."""
+    rows = math.ceil(len(images) / cols)
+    fig, axes = _figure(rows, cols, figsize=(1.6 * cols, 1.8 * rows), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < len(images):
+            ax.imshow(_hwc(images[i]))
+            if titles is not None:
+                ax.set_title(str(titles[i]), fontsize="small")
+    fig.tight_layout()
+    return fig
+
+
 # --------------------------------------------------------------------------- preprocessing
 
 def plot_eval_preprocessing(image: Any, transform: "EvalTransform"):
@@ -117,8 +144,9 @@ def plot_eval_preprocessing(image: Any, transform: "EvalTransform"):
 # --------------------------------------------------------------------------- predictions
 
 def plot_topk(images: Sequence[Any], logits: torch.Tensor, class_names: Sequence[str],
-              k: int = 5, labels: Sequence[int] | None = None):
-    """Each image beside its top-k classes and softmax probabilities (true class in green)."""
+              k: int = 5, labels: Sequence[int | None] | None = None):
+    """Each image beside its top-k classes and softmax probabilities (true class in green;
+    ``labels`` may hold None for images of no known class)."""
     probs = logits.detach().float().softmax(dim=-1).cpu()
     k = min(k, probs.shape[1])
     top_p, top_i = probs.topk(k, dim=-1)
@@ -133,7 +161,7 @@ def plot_topk(images: Sequence[Any], logits: torch.Tensor, class_names: Sequence
         ax_img, ax_bar = axes[i // cols, 2 * (i % cols)], axes[i // cols, 2 * (i % cols) + 1]
         ax_img.imshow(_hwc(image))
         names = [str(class_names[j]) for j in top_i[i].tolist()]
-        truth = None if labels is None else str(class_names[labels[i]])
+        truth = None if labels is None or labels[i] is None else str(class_names[labels[i]])
         ax_img.set_title(f"true: {truth}" if truth is not None else f"image {i}", fontsize="small")
         ax_bar.axis("on")
         colours = ["tab:green" if name == truth else "tab:blue" for name in names]
@@ -263,5 +291,5 @@ def plot_attention_maps(image: Any, maps: Sequence[dict[str, Any]],
 
 
 __all__ = ["attention_grid", "last_blocks", "metrics_csv_path", "plot_attention",
-           "plot_attention_maps", "plot_eval_preprocessing", "plot_learning_curves", "plot_topk",
-           "query_token", "read_metrics_csv"]
+           "plot_attention_maps", "plot_eval_preprocessing", "plot_images", "plot_learning_curves",
+           "plot_metric_by_run", "plot_topk", "query_token", "read_metrics_csv"]
