@@ -196,3 +196,14 @@ def test_torch_compile_inductor_matches_eager():
     with torch.no_grad():
         torch.testing.assert_close(torch.compile(model, fullgraph=True)(x), model(x),
                                    atol=1e-5, rtol=1e-5)
+
+
+def test_model_package_stands_alone():
+    import subprocess
+    import sys
+
+    code = ("import sys, cvt_lab.models; "
+            "print(sorted(m for m in ('transformers', 'lightning', 'hydra', 'timm', 'torchvision') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

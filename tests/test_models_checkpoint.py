@@ -12,13 +12,19 @@ import torch
 
 from cvt_lab.models import (CheckpointError, create_model, export_hf, load_pretrained,
                             read_checkpoint)
-from cvt_lab.models.cvt import QuickGELU
 from cvt_lab.models.keymap import rename_keys
 
 transformers = pytest.importorskip("transformers")
 
 SMALL = dict(embed_dim=[16, 32, 48], depth=[1, 2, 3], num_heads=[1, 2, 3], num_labels=10)
 ATOL = dict(atol=1e-5, rtol=1e-5)
+
+
+class QuickGELU(torch.nn.Module):
+    """The original code's activation, written out here as an independent reference."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(1.702 * x)
 
 
 def randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
@@ -116,16 +122,19 @@ def test_export_round_trips_through_transformers(tmp_path):
 
 
 def test_export_refuses_what_transformers_cannot_run(tmp_path):
+    ok = {"depths": (1, 2, 3)}  # transformers' CvT cannot build stage i with <= i blocks
     for overrides, match in (({"pos_embed": True}, "position embeddings"),
-                             ({"projection": "avg"}, "dw_bn")):
+                             ({"projection": "avg"}, "dw_bn"),
+                             ({"cls_token": False}, "no cls token"),
+                             ({"depths": (1, 1, 2)}, "more than i blocks")):
         with pytest.raises(ValueError, match=match):
-            export_hf(create_model("cvt_tiny", activation="gelu", **overrides), tmp_path)
+            export_hf(create_model("cvt_tiny", activation="gelu", **{**ok, **overrides}), tmp_path)
     with pytest.warns(UserWarning, match="exact GELU"):
-        export_hf(create_model("cvt_tiny"), tmp_path)  # quick_gelu: allowed, with a warning
+        export_hf(create_model("cvt_tiny", **ok), tmp_path)  # quick_gelu: allowed, with a warning
     with pytest.raises(ValueError, match="fuse_bn"):
-        export_hf(create_model("cvt_tiny", activation="gelu").eval().fuse_bn(), tmp_path)
+        export_hf(create_model("cvt_tiny", activation="gelu", **ok).eval().fuse_bn(), tmp_path)
     # the patch-embedding ablation is a conv with kernel = stride: representable
-    export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch"), tmp_path)
+    export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch", **ok), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["patch_sizes"] == [2, 2, 2]
 
 
@@ -140,7 +149,7 @@ def test_original_format_uses_quick_gelu_and_unwraps(tmp_path):
     assert "stage2.blocks.2.attn.conv_proj_v.bn.running_var" in original
     assert "stage1.patch_embed.norm.weight" in original and "head.weight" in original
     path = tmp_path / "CvT-small-IN-1k.pth"
-    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in original.items()}}, path)
+    torch.save({"epoch": 3, "state_dict": {f"model.module.{k}": v for k, v in original.items()}}, path)
     ckpt = read_checkpoint(path)
     assert ckpt.format == "original" and ckpt.num_classes == 10
     ours = create_model(pretrained=path, num_heads=(1, 2, 3)).eval()

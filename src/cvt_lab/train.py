@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
     module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
-                       scheduler=plain(cfg.scheduler), num_classes=cfg.data.num_classes,
+                       scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0))
     loggers = instantiate_all(cfg.get("logger"))
     callbacks = instantiate_all(cfg.get("callbacks"))

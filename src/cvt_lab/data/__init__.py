@@ -2,6 +2,7 @@
 
 from .datamodule import ImageDataModule
 from .decode import ImageDecodeError, decode_image
-from .sources import DataSourceError, load_splits
+from .errors import DataSourceError
+from .sources import load_splits
 
 __all__ = ["ImageDataModule", "ImageDecodeError", "decode_image", "DataSourceError", "load_splits"]

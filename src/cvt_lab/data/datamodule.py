@@ -2,31 +2,34 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
 import lightning as L
 import torch
 from datasets import Dataset
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
-from .decode import decode_image
+from .decode import ImageDecodeError, decode_image
 from .device_augment import DeviceAugment
-from .sources import DataSourceError, load_splits
+from .errors import DataSourceError
+from .folder import folder_classes
+from .sources import class_names, load_splits
+from .streaming import StreamingImages, split_stream
 from .transforms import EvalTransform, TrainTransform
 
+log = logging.getLogger(__name__)
 
-class ImageDataset(torch.utils.data.Dataset):
-    """Decodes one row in the worker and applies the per-sample transform."""
 
-    def __init__(self, rows: Dataset, transform: Any) -> None:
-        self.rows = rows
-        self.transform = transform
+class SampleDecoder:
+    """One row -> (uint8 image, label), or (None, why) for an unreadable image when skipping."""
+
+    def __init__(self, transform: Any, skip_corrupt: bool = False, max_pixels: int | None = None) -> None:
+        self.transform, self.skip_corrupt, self.max_pixels = transform, skip_corrupt, max_pixels
         self._rng: random.Random | None = None
         self._rng_seed: int | None = None
-
-    def __len__(self) -> int:
-        return len(self.rows)
 
     def rng(self) -> random.Random:
         # torch seeds each worker (and each epoch's workers) differently; follow it so crops
@@ -36,31 +39,80 @@ class ImageDataset(torch.utils.data.Dataset):
             self._rng, self._rng_seed = random.Random(seed), seed
         return self._rng
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
-        row = self.rows[index]
-        return self.transform(decode_image(row["image"]), self.rng()), int(row["label"])
+    def __call__(self, row: dict[str, Any]) -> tuple[torch.Tensor | None, Any]:
+        try:
+            return self.transform(decode_image(row["image"], self.max_pixels), self.rng()), int(row["label"])
+        except ImageDecodeError as err:
+            if not self.skip_corrupt:
+                raise
+            return None, str(err)
+
+
+class ImageDataset(torch.utils.data.Dataset):
+    """Map-style: decodes one row in the worker and applies the per-sample transform."""
+
+    def __init__(self, rows: Dataset, decoder: SampleDecoder) -> None:
+        self.rows, self.decoder = rows, decoder
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Any]:
+        return self.decoder(self.rows[index])
+
+
+def collate(samples: list[tuple[torch.Tensor | None, Any]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Stack into (uint8 images, labels, reasons for the images skipped as unreadable)."""
+    good = [s for s in samples if s[0] is not None]
+    skipped = [s[1] for s in samples if s[0] is None]
+    if not good:
+        raise ImageDecodeError("every image of a batch was unreadable, e.g. " + skipped[0])
+    return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good], dtype=torch.long),
+            skipped)
 
 
 class ImageDataModule(L.LightningDataModule):
     """Loads splits, decodes and crops in workers, normalises/augments on the device.
 
     ``data.batch_size`` is the global batch per optimizer step; each device gets
-    ``batch_size / (world_size * accumulate_grad_batches)``.
+    ``batch_size / (world_size * accumulate_grad_batches)``. Under DDP, training data is
+    sharded by Lightning's DistributedSampler (map-style) or by node (streaming); evaluation
+    uses an unpadded sampler, so metrics count every sample exactly once.
     """
 
     def __init__(self, data: dict[str, Any], augment: dict[str, Any], seed: int = 0) -> None:
         super().__init__()
         self.cfg, self.aug, self.seed = data, augment, seed
         self.splits = None
-        self.device_augment = DeviceAugment(data["mean"], data["std"], augment, data["num_classes"])
+        self.class_names: list[str] | None = None
+        self.skipped = 0  # unreadable images skipped so far (data.skip_corrupt=true)
+        self.device_augment = DeviceAugment(data["mean"], data["std"], augment, self.num_classes)
 
     @property
     def num_classes(self) -> int:
-        return self.cfg["num_classes"]
+        """data.num_classes; for ``folder`` with null, the number of class folders."""
+        if self.cfg.get("num_classes"):
+            return self.cfg["num_classes"]
+        if self.cfg.get("source") == "folder" and not self.cfg.get("path"):
+            self.cfg["num_classes"] = len(folder_classes(self.cfg.get("root")))
+            return self.cfg["num_classes"]
+        raise DataSourceError(f"data.num_classes is not set for {self.cfg['name']}: set "
+                              "data.num_classes=<number of classes>")
+
+    @property
+    def streaming(self) -> bool:
+        return bool(self.cfg.get("streaming"))
 
     def setup(self, stage: str | None = None) -> None:
-        if self.splits is None:
-            self.splits = load_splits(self.cfg, self.seed)
+        if self.splits is not None:
+            return
+        self.splits = load_splits(self.cfg, self.seed)
+        self.class_names = class_names(self.splits, self.cfg)
+        if len(self.class_names) != self.num_classes:
+            raise DataSourceError(
+                f"{self.cfg['name']} has {len(self.class_names)} classes but data.num_classes="
+                f"{self.num_classes}; set data.num_classes={len(self.class_names)}")
+        if not self.streaming:  # a stream's labels are checked as they arrive (by the loss)
             for name, ds in self.splits.items():
                 check_labels(ds, self.num_classes, f"{self.cfg['name']}/{name}")
 
@@ -70,22 +122,51 @@ class ImageDataModule(L.LightningDataModule):
         accumulate = trainer.accumulate_grad_batches if trainer else 1
         return max(1, self.cfg["batch_size"] // (world * accumulate))
 
-    def _loader(self, split: str, train: bool) -> DataLoader:
+    def transform(self, train: bool) -> Any:
         size = self.cfg["image_size"]
         if train:
-            transform = TrainTransform(size, self.aug.get("random_crop", False),
-                                       tuple(self.aug.get("scale", (0.08, 1.0))),
-                                       tuple(self.aug.get("ratio", (3 / 4, 4 / 3))),
-                                       self.aug.get("hflip", 0.0))
-        else:
-            transform = EvalTransform(size, self.cfg.get("crop_pct", 1.0), self.cfg.get("eval_warp", False))
-        dataset = ImageDataset(self.splits[split], transform)
+            return TrainTransform(size, self.aug.get("random_crop", False),
+                                  tuple(self.aug.get("scale", (0.08, 1.0))),
+                                  tuple(self.aug.get("ratio", (3 / 4, 4 / 3))),
+                                  self.aug.get("hflip", 0.0))
+        return EvalTransform(size, self.cfg.get("crop_pct", 1.0), self.cfg.get("eval_warp", False))
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        decoder = SampleDecoder(self.transform(train), self.cfg.get("skip_corrupt", False),
+                                self.cfg.get("max_image_pixels"))
         batch = self.micro_batch_size()
         workers = self.cfg.get("num_workers", 0)
+        world = self.trainer.world_size if self.trainer else 1
+        rank = self.trainer.global_rank if self.trainer else 0
+        common = dict(batch_size=batch, collate_fn=collate, pin_memory=torch.cuda.is_available())
+        if self.streaming:
+            stream = split_stream(self.splits[split], rank, world, train,
+                                  self.cfg.get("shuffle_buffer", 10_000), self.seed)
+            workers = min(workers, stream.n_shards)  # a worker without a shard would idle
+            length = self._stream_length(split, world) if train else None
+            dataset = StreamingImages(stream, decoder, length)
+            return DataLoader(dataset, drop_last=train, num_workers=workers,
+                              persistent_workers=workers > 0, **common)
+        dataset = ImageDataset(self.splits[split], decoder)
+        sampler = None
+        if not train and world > 1:  # Lightning's DistributedSampler would pad with repeats
+            sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(
-            dataset, batch_size=batch, shuffle=train, drop_last=train and len(dataset) >= batch,
-            num_workers=workers, persistent_workers=workers > 0,
-            pin_memory=torch.cuda.is_available())
+            dataset, shuffle=train, sampler=sampler, drop_last=train and len(dataset) >= batch,
+            num_workers=workers, persistent_workers=workers > 0, **common)
+
+    def _stream_length(self, split: str, world: int) -> int:
+        """Samples per rank per epoch; the same on every rank so DDP steps stay in lockstep."""
+        total = self.cfg.get("train_examples")
+        if not total:
+            info = self.splits[split].info
+            sizes = info.splits or {}
+            theirs = (self.cfg.get("splits") or {}).get(split, split)
+            total = sizes[theirs].num_examples if theirs in sizes else None
+        if not total:
+            raise DataSourceError(f"{self.cfg['name']}: the stream does not say how many training "
+                                  "examples it has; set data.train_examples=<count>")
+        return total // world
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", train=True)
@@ -97,7 +178,10 @@ class ImageDataModule(L.LightningDataModule):
         return self._loader("test", train=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        images, labels = batch
+        images, labels, skipped = batch
+        for reason in skipped:
+            self.skipped += 1
+            log.warning("skipped unreadable image (%d so far): %s", self.skipped, reason)
         training = self.trainer is not None and self.trainer.training
         return self.device_augment(images, labels, training)
 
@@ -112,3 +196,5 @@ def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
         raise DataSourceError(
             f"labels of {where} range over [{low}, {high}] but data.num_classes={num_classes}; "
             f"set data.num_classes={high + 1} (or fix the labels)")
+
+

@@ -3,46 +3,66 @@
 from __future__ import annotations
 
 import io
+import os
+import warnings
 from typing import Any
 
 from PIL import Image, ImageOps
+
+SKIP_HINT = "set data.skip_corrupt=true to skip unreadable images"
 
 
 class ImageDecodeError(ValueError):
     """An image that cannot be used; the message names the file and the fix."""
 
+    def __init__(self, message: str, where: str = "") -> None:
+        super().__init__(message)
+        self.where = where
 
-def decode_image(value: Any) -> Image.Image:
-    """Decode a ``datasets`` Image value ({"bytes", "path"}) to an RGB image.
 
-    EXIF orientation is applied, so phone photos are upright.
+def decode_image(value: Any, max_pixels: int | None = None) -> Image.Image:
+    """Decode a ``datasets`` Image value ({"bytes", "path"}) to an upright RGB image.
+
+    EXIF orientation is applied, so phone photos are upright. Images with more than
+    ``max_pixels`` pixels (default: PIL's ``MAX_IMAGE_PIXELS``) are refused before their
+    pixels are decoded: a decompression bomb must not take a worker's memory.
     """
     if isinstance(value, Image.Image):
-        img = value
-        where = "in-memory image"
-    else:
-        data, path = value.get("bytes"), value.get("path")
-        where = path or "an image stored as bytes"
-        try:
+        return to_rgb(ImageOps.exif_transpose(value))
+    data, path = value.get("bytes"), value.get("path")
+    where = path or "an image stored as bytes"
+    if max_pixels is not None:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own (process-wide) bomb guard
+    if data == b"" or (data is None and path and os.path.isfile(path) and os.path.getsize(path) == 0):
+        raise ImageDecodeError(f"{where} is empty (0 bytes): remove or replace it, or {SKIP_HINT}",
+                               where)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data) if data is not None else path)
             img.load()
-        except (OSError, ValueError, Image.DecompressionBombError) as err:
-            raise ImageDecodeError(
-                f"cannot decode {where}: {err}. Remove or replace the file, "
-                "or set data.skip_corrupt=true to skip unreadable images") from err
-    img = ImageOps.exif_transpose(img)
+            img = ImageOps.exif_transpose(img)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageDecodeError(
+            f"refusing {where}: {err}. It may be a decompression bomb; remove it, or if it is a "
+            f"genuine large image raise data.max_image_pixels (now {Image.MAX_IMAGE_PIXELS})",
+            where) from err
+    except Exception as err:  # noqa: BLE001 - decoders raise OSError, SyntaxError, struct.error, ...
+        raise ImageDecodeError(
+            f"cannot decode {where}: {type(err).__name__}: {err}. Remove or replace the file, "
+            f"or {SKIP_HINT}", where) from err
     return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
-    """Every PIL mode to RGB: transparency composited on white, 16-bit scaled to 8-bit."""
+    """Every PIL mode to RGB: transparency composited on white, 16/32-bit scaled to 8-bit."""
     if img.mode == "RGB":
         return img
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("RGBA", "LA", "PA"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")

@@ -105,9 +105,8 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{source}' is not a state dict of tensors")
-    for prefix in _PREFIXES:
-        if obj and all(k.startswith(prefix) for k in obj):
-            obj = {k[len(prefix):]: v for k, v in obj.items()}
+    while obj and (prefix := next((p for p in _PREFIXES if all(k.startswith(p) for k in obj)), None)):
+        obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
 
 

@@ -69,6 +69,12 @@ def config_to_hf(config: CvTConfig, id2label: dict[int, str] | None = None) -> d
         if has_cls and config.embed_dims[i] != config.embed_dims[-1]:
             problems.append(f"a cls token in stage {i}: transformers sizes every cls token "
                             "with the last stage's width")
+    # limits of transformers' implementation (5.23), not of the format: it would not load
+    if not config.cls_token[-1]:
+        problems.append("no cls token in the last stage: transformers' CvT then fails in forward")
+    if any(d <= i for i, d in enumerate(config.depths)):
+        problems.append(f"depths {config.depths}: transformers' CvT fails to build unless stage "
+                        "i has more than i blocks")
     if problems:
         raise ValueError("cannot export this CvT to the transformers format: " + "; ".join(problems))
     if config.activation != "gelu":

@@ -1,0 +1,333 @@
+"""Our CvT against transformers' CvtForImageClassification, with the same weights.
+
+CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 threads.
+  - forward: eval mode under no_grad;
+  - train step: zero_grad + forward + cross-entropy + backward + AdamW step.
+  The two implementations alternate rep by rep (the order flips each rep) and the ratio is
+  the median of per-rep ratios, so machine noise hits both alike. Peak memory is measured
+  in a fresh subprocess per (implementation, mode): the RSS high-water mark during two steps
+  above the RSS before them (Linux ``/proc/self/clear_refs``; glibc is told to return large
+  blocks to the OS so RSS follows live tensors).
+GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
+  from ``torch.cuda.max_memory_allocated``; MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
+  (27.2 = 3 passes x 2 FLOP/MAC x 4.53 GMACs, the paper's CvT-13 cost).
+
+Outputs match before anything is timed (logits and training loss to 1e-4).
+
+    PYTHONPATH=src python benchmarks/bench_model.py            # writes JSON + docs table
+    PYTHONPATH=src python benchmarks/bench_model.py --reps 3 --no-doc
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import transformers
+
+from cvt_lab.models import create_model
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_FLOPS_PER_IMG = 27.2e9
+PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+IMPLS = ("ours", "transformers")
+DOC_BEGIN, DOC_END = "<!-- bench_model:begin -->", "<!-- bench_model:end -->"
+
+
+# ---------------------------------------------------------------- models with equal weights
+SMOKE = dict(embed_dim=[16, 32, 48], depth=[1, 2, 3], num_heads=[1, 2, 3])  # tests the script
+
+
+def save_reference(path: Path, smoke: bool = False, seed: int = 0) -> None:
+    """A random transformers CvT-13 (non-trivial BatchNorm statistics, no drop path)."""
+    torch.manual_seed(seed)
+    config = transformers.CvtConfig(num_labels=1000, drop_path_rate=[0.0, 0.0, 0.0],
+                                    **(SMOKE if smoke else {}))
+    model = transformers.CvtForImageClassification(config)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+    model.save_pretrained(path)
+
+
+def load(impl: str, path: Path) -> torch.nn.Module:
+    if impl == "ours":
+        return create_model(pretrained=path, drop_path=0.0)  # config.json: CvT-13, exact GELU
+    return transformers.CvtForImageClassification.from_pretrained(path)
+
+
+def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    out = model(x)
+    return out if isinstance(out, torch.Tensor) else out.logits
+
+
+def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, amp: bool):
+    """One forward (eval, no_grad) or one full training step, as a closure."""
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
+    model.train(train)
+
+    def step() -> torch.Tensor:
+        with torch.autocast(x.device.type, torch.bfloat16, enabled=amp):
+            if not train:
+                with torch.no_grad():
+                    return logits(model, x)
+            opt.zero_grad(set_to_none=True)
+            loss = F.cross_entropy(logits(model, x), y)
+        loss.backward()
+        opt.step()
+        return loss.detach()
+
+    return step
+
+
+def check_equal(models: dict[str, torch.nn.Module], x: torch.Tensor, y: torch.Tensor) -> float:
+    """Largest logit difference in eval mode; also the train-mode loss must agree."""
+    outs, losses = {}, {}
+    for name, m in models.items():
+        with torch.no_grad():
+            outs[name] = logits(m.eval(), x).float()
+            losses[name] = F.cross_entropy(logits(m.train(), x).float(), y).item()
+    diff = (outs["ours"] - outs["transformers"]).abs().max().item()
+    if diff > 1e-4 or abs(losses["ours"] - losses["transformers"]) > 1e-4:
+        raise SystemExit(f"outputs differ: logits by {diff:.2e}, losses {losses}")
+    return diff
+
+
+# ---------------------------------------------------------------- throughput
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (Linux /proc/stat)."""
+    ticks = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")  # minus idle, iowait
+
+
+def interleaved_throughput(steps: dict[str, object], batch: int, reps: int, iters: int,
+                           device: torch.device) -> dict[str, dict[str, list[float]]]:
+    """img/s per rep for each implementation, alternating which goes first, and the share
+    of the machine's cores that other processes used meanwhile (noise we cannot remove)."""
+    for step in steps.values():  # warm-up: allocator, oneDNN primitives, compilation
+        step()
+        step()
+    sync(device)
+    runs = {name: {"img_s": [], "others_busy": []} for name in steps}
+    for rep in range(reps):
+        order = list(steps) if rep % 2 == 0 else list(reversed(steps))
+        for name in order:
+            sync(device)
+            busy0, own0, t0 = _machine_busy_s(), time.process_time(), time.perf_counter()
+            for _ in range(iters):
+                steps[name]()
+            sync(device)
+            wall = time.perf_counter() - t0
+            others = _machine_busy_s() - busy0 - (time.process_time() - own0)
+            runs[name]["img_s"].append(batch * iters / wall)
+            runs[name]["others_busy"].append(max(0.0, others) / (wall * os.cpu_count()))
+    return runs
+
+
+def summarise(runs: dict[str, dict[str, list[float]]], quiet: float = 0.1) -> dict:
+    """Medians over the reps where other processes used < ``quiet`` of the machine (all reps
+    if none was that quiet, flagged ``contended``)."""
+    reps = range(len(runs["ours"]["img_s"]))
+    clean = [r for r in reps if max(runs[n]["others_busy"][r] for n in runs) < quiet]
+    use = clean or list(reps)
+    ours = [runs["ours"]["img_s"][r] for r in use]
+    theirs = [runs["transformers"]["img_s"][r] for r in use]
+    return {"ours_img_s": statistics.median(ours), "transformers_img_s": statistics.median(theirs),
+            "speedup": statistics.median(a / b for a, b in zip(ours, theirs)),
+            "reps_used": len(use), "contended": not clean, "per_rep": runs}
+
+
+# ---------------------------------------------------------------- CPU peak memory
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def memory_worker(impl: str, mode: str, path: Path, batch: int, img: int, threads: int) -> None:
+    """Runs in a fresh process: prints the RSS peak above the pre-step RSS, in MiB."""
+    torch.set_num_threads(threads)
+    torch.manual_seed(1)
+    x, y = torch.randn(batch, 3, img, img), torch.randint(0, 1000, (batch,))
+    step = make_step(load(impl, path), x, y, train=mode == "train", amp=False)
+    step()  # optimizer state and one-off caches are not part of a step's peak
+    before = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to now
+    for _ in range(2):
+        step()
+    peak = _status_kb("VmHWM")
+    print(json.dumps({"peak_mib": (peak - before) / 1024, "rss_before_mib": before / 1024}))
+
+
+def measure_memory(impl: str, mode: str, path: Path, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT / "src")}
+    cmd = [sys.executable, __file__, "--_memory", impl, mode, str(path), "--batch",
+           str(args.batch), "--img", str(args.img), "--threads", str(args.threads)]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------- runs
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in
+                Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
+               platform.processor())
+    info = {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(),
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "load_average": os.getloadavg()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def run_cpu(args: argparse.Namespace, path: Path) -> dict:
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(1)
+    x, y = torch.randn(args.batch, 3, args.img, args.img), torch.randint(0, 1000, (args.batch,))
+    models = {impl: load(impl, path) for impl in IMPLS}
+    diff = check_equal(models, x, y)
+    result = {"max_logit_diff": diff}
+    for mode in ("forward", "train"):
+        steps = {n: make_step(m, x, y, train=mode == "train", amp=False) for n, m in models.items()}
+        result[mode] = summarise(interleaved_throughput(steps, args.batch, args.reps, args.iters,
+                                                        torch.device("cpu")))
+        for impl in IMPLS:
+            result[mode][f"{impl}_peak_mib"] = measure_memory(impl, mode, path, args)["peak_mib"]
+    return result
+
+
+def run_gpu(args: argparse.Namespace, path: Path) -> dict:
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    x = torch.randn(args.batch, 3, args.img, args.img, device=device)
+    y = torch.randint(0, 1000, (args.batch,), device=device)
+    name = torch.cuda.get_device_name()
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+        (v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+    result: dict = {"peak_bf16_flops": peak}
+    for compiled in (False, True):
+        models = {impl: load(impl, path).to(device) for impl in IMPLS}
+        check_equal(models, x[:8], y[:8])
+        if compiled:
+            models = {n: torch.compile(m) for n, m in models.items()}
+        for mode in ("forward", "train"):
+            steps = {n: make_step(m, x, y, train=mode == "train", amp=True) for n, m in models.items()}
+            summary = summarise(interleaved_throughput(steps, args.batch, args.reps, args.iters, device))
+            for impl in IMPLS:  # peak of one step on its own
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+                steps[impl]()
+                sync(device)
+                summary[f"{impl}_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                if mode == "train" and peak:
+                    summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * TRAIN_FLOPS_PER_IMG / peak
+            result[f"{mode}{'_compiled' if compiled else ''}"] = summary
+    return result
+
+
+def table(result: dict) -> str:
+    rows = ["| mode | ours img/s | transformers img/s | speed-up | ours peak MiB | "
+            "transformers peak MiB | memory ratio | quiet reps |", "|---|---|---|---|---|---|---|---|"]
+    for mode, r in result.items():
+        if not isinstance(r, dict) or "speedup" not in r:
+            continue
+        mfu = f" (MFU {r['ours_mfu']:.1%} vs {r['transformers_mfu']:.1%})" if "ours_mfu" in r else ""
+        rows.append(f"| {mode} | {r['ours_img_s']:.2f} | {r['transformers_img_s']:.2f} | "
+                    f"{r['speedup']:.2f}x{mfu} | {r['ours_peak_mib']:.0f} | "
+                    f"{r['transformers_peak_mib']:.0f} | "
+                    f"{r['ours_peak_mib'] / r['transformers_peak_mib']:.2f} | "
+                    f"{0 if r['contended'] else r['reps_used']}/{len(r['per_rep']['ours']['img_s'])} |")
+    return "\n".join(rows)
+
+
+def write_doc(doc: Path, report: dict) -> None:
+    m = report["machine"]
+    block = "\n".join([
+        DOC_BEGIN,
+        f"Measured {report['date']} on {m['cpu']} ({m['cores']} cores{', ' + m['gpu'] if 'gpu' in m else ''}), "
+        f"torch {m['torch']}, transformers {m['transformers']}, "
+        f"{report['settings']['device']} {report['settings']['dtype']}, batch {report['settings']['batch']}, "
+        f"{report['settings']['img']} px, {report['settings']['threads']} threads, "
+        f"{report['settings']['reps']} interleaved reps x {report['settings']['iters']} iterations; "
+        f"load average at start {m['load_average'][0]:.2f}. Largest logit difference "
+        f"{report['result'].get('max_logit_diff', 0):.1e}.",
+        "",
+        f"Command: `{report['command']}`",
+        "",
+        table(report["result"]),
+        DOC_END,
+    ])
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n## Model\n\n"
+    if DOC_BEGIN in text:
+        head, rest = text.split(DOC_BEGIN, 1)
+        text = head + block + rest.split(DOC_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--batch", type=int, default=None, help="default 8 on CPU, 128 on GPU")
+    p.add_argument("--img", type=int, default=224)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--iters", type=int, default=2, help="steps per rep")
+    p.add_argument("--peak-tflops", type=float, default=None, help="GPU bf16 peak, for MFU")
+    p.add_argument("--json", type=Path, default=None, help="default benchmarks/results/model_<device>.json")
+    p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--smoke", action="store_true", help="a tiny CvT instead of CvT-13 (tests)")
+    p.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.batch is None:
+        args.batch = 128 if args.device == "cuda" else 8
+    if args._memory:
+        impl, mode, path = args._memory
+        return memory_worker(impl, mode, Path(path), args.batch, args.img, args.threads)
+    transformers.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        save_reference(Path(tmp), args.smoke)
+        result = (run_gpu if args.device == "cuda" else run_cpu)(args, Path(tmp))
+    report = {
+        "date": dt.datetime.now().isoformat(timespec="minutes"),
+        "command": "PYTHONPATH=src python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "machine": machine(),
+        "settings": {"model": "smoke" if args.smoke else "cvt13", "device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "fp32",
+                     "batch": args.batch, "img": args.img, "threads": args.threads,
+                     "reps": args.reps, "iters": args.iters,
+                     "train_step": "zero_grad + forward + cross-entropy + backward + AdamW step"},
+        "result": result,
+    }
+    out = args.json or ROOT / "benchmarks" / "results" / f"model_{args.device}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2))
+    print(table(result))
+    print(f"wrote {out}")
+    if not args.no_doc:
+        write_doc(args.doc, report)
+        print(f"updated {args.doc}")
+
+
+if __name__ == "__main__":
+    main()

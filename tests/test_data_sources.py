@@ -1,0 +1,156 @@
+"""Data sources: local copies (save_to_disk, parquet) with hub schemas, folders, errors."""
+
+from __future__ import annotations
+
+import pytest
+from omegaconf import OmegaConf
+
+from cvt_lab.data import DataSourceError, ImageDataModule, load_splits
+from cvt_lab.data.datamodule import check_labels
+from cvt_lab.data.sources import class_names
+from data_helpers import cifar_like, imagenet_like, make_folder, png_bytes, save_parquet
+
+
+def data_cfg(make_cfg, tmp_path, *overrides) -> dict:
+    cfg = make_cfg(*overrides, f"data.cache_dir={tmp_path / 'cache'}")
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+@pytest.mark.parametrize("fmt", ["save_to_disk", "parquet"])
+def test_cifar100_local_copy_maps_columns_and_carves_a_fixed_val_split(fmt, make_cfg, tmp_path):
+    src = cifar_like()
+    path = tmp_path / "cifar"
+    src.save_to_disk(str(path)) if fmt == "save_to_disk" else save_parquet(src, path)
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={path}", "data.val_size=4")
+    splits = load_splits(cfg, seed=1)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 16, "val": 4, "test": 6}
+    assert splits["train"].column_names == ["image", "label"]
+    assert splits["train"].features["image"].decode is False
+    assert class_names(splits, cfg)[:2] == ["f0", "f1"]
+    row = splits["test"][0]
+    assert row["label"] == 1000 % 5 and row["image"]["bytes"] == png_bytes(1000 % 256)
+    # the carved split depends on data.split_seed only, not on the training seed
+    again = load_splits(cfg, seed=2)
+    assert list(again["val"]["image"]) == list(splits["val"]["image"])
+    other = load_splits({**cfg, "split_seed": 5}, seed=1)
+    assert list(other["val"]["image"]) != list(splits["val"]["image"])
+    # every image is in exactly one of train / val
+    assert len({bytes(r["bytes"]) for r in list(splits["train"]["image"]) + list(splits["val"]["image"])}) == 20
+
+
+def test_cifar100_coarse_labels_are_selectable(make_cfg, tmp_path):
+    cifar_like().save_to_disk(str(tmp_path / "cifar"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}",
+                   "data.label_column=coarse_label", "data.num_classes=20", "data.val_size=4")
+    splits = load_splits(cfg)
+    assert set(list(splits["test"]["label"])) == {10, 11, 12}
+    assert class_names(splits, cfg) == [f"c{i}" for i in range(20)]
+
+
+def test_class_count_mismatch_names_the_fix(make_cfg, tmp_path):
+    cifar_like().save_to_disk(str(tmp_path / "cifar"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}",
+                   "data.label_column=coarse_label", "data.val_size=4")  # num_classes stays 100
+    with pytest.raises(DataSourceError, match="has 20 classes but data.num_classes=100; set data.num_classes=20"):
+        ImageDataModule(cfg, {}).setup()
+
+
+def test_imagenet_schema_uses_validation_for_val_and_test(make_cfg, tmp_path):
+    save_parquet(imagenet_like(), tmp_path / "inet")
+    cfg = data_cfg(make_cfg, tmp_path, "data=imagenet", f"data.path={tmp_path / 'inet'}")
+    splits = load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 8, "val": 4, "test": 4}
+    assert list(splits["val"]["label"]) == [700, 707, 714, 721]
+    dm = ImageDataModule(cfg, {})
+    dm.setup()
+    assert len(dm.class_names) == 1000 and dm.class_names[7] == "n00000007"
+
+
+def test_missing_column_names_the_keys_to_set(make_cfg, tmp_path):
+    cifar_like().save_to_disk(str(tmp_path / "cifar"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=imagenet", f"data.path={tmp_path / 'cifar'}")
+    with pytest.raises(DataSourceError, match=r"no column\(s\) \['image', 'label'\].*data.image_column"):
+        load_splits(cfg)
+
+
+def test_offline_hub_error_names_dataset_reason_and_fixes(make_cfg, tmp_path):
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100")
+    with pytest.raises(DataSourceError) as info:
+        load_splits(cfg)
+    msg = str(info.value)
+    assert "cannot load dataset 'uoft-cs/cifar100' from the Hugging Face hub: this machine is offline" in msg
+    assert "hf auth login" in msg and "HF_TOKEN" in msg and "accepting its terms" in msg
+    assert "data.path" in msg and "save_to_disk" in msg
+
+
+def test_bad_local_path_is_named(make_cfg, tmp_path):
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'nope'}")
+    with pytest.raises(DataSourceError, match="data.path=.*nope: no such file or folder"):
+        load_splits(cfg)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataSourceError, match="no .parquet files"):
+        load_splits({**cfg, "path": str(tmp_path / "empty")})
+
+
+def test_folder_with_train_val_test_subfolders(make_cfg, tmp_path):
+    root = make_folder(tmp_path / "pets", {"train": 4, "validation": 2, "test": 1})
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
+    dm = ImageDataModule(cfg, {})
+    assert dm.num_classes == 3  # counted from the class folders before setup
+    dm.setup()
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 12, "val": 6, "test": 3}
+    assert dm.class_names == ["cat", "dog", "eel"]
+    assert sorted(list(dm.splits["val"]["label"])) == [0, 0, 1, 1, 2, 2]
+    assert dm.splits["test"][2]["image"]["path"].endswith("test/eel/0.png")
+
+
+def test_folder_without_split_folders_is_carved(make_cfg, tmp_path):
+    root = make_folder(tmp_path / "flat", None)  # 3 classes x 6 images
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}", "data.val_size=3",
+                   "data.test_size=3")
+    splits = load_splits(cfg)
+    assert {k: len(v) for k, v in splits.items()} == {"train": 12, "val": 3, "test": 3}
+    assert sorted(list(splits["val"]["label"])) == [0, 1, 2]  # stratified
+    paths = [r["path"] for s in splits.values() for r in list(s["image"])]
+    assert len(set(paths)) == 18
+
+
+def test_folder_bad_layouts_get_clear_errors(make_cfg, tmp_path):
+    def cfg_for(root):
+        return data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
+
+    with pytest.raises(DataSourceError, match="data=folder needs data.root="):
+        load_splits(data_cfg(make_cfg, tmp_path, "data=folder"))
+    with pytest.raises(DataSourceError, match="no such folder"):
+        load_splits(cfg_for(tmp_path / "missing"))
+    single = make_folder(tmp_path / "single", {"train": 2}, classes=("only",))
+    with pytest.raises(DataSourceError, match=r"1 class folder\(s\) \['only'\]: a classifier needs at least 2"):
+        load_splits(cfg_for(single))
+    empty = make_folder(tmp_path / "empty", {"train": 2})
+    (empty / "train" / "zebra").mkdir()
+    with pytest.raises(DataSourceError, match=r"class folder .*train/zebra has no images"):
+        load_splits(cfg_for(empty))
+    stray = make_folder(tmp_path / "stray", {"train": 2, "val": 1})
+    (stray / "val" / "yak").mkdir()
+    (stray / "val" / "yak" / "0.png").write_bytes(png_bytes(3))
+    with pytest.raises(DataSourceError, match=r"val/yak is not a class of"):
+        load_splits(cfg_for(stray))
+
+
+def test_folder_non_image_file_is_named_or_skipped(make_cfg, tmp_path, caplog):
+    root = make_folder(tmp_path / "notes", {"train": 3})
+    (root / "train" / "dog" / "readme.txt").write_text("not an image")
+    (root / "train" / "dog" / ".DS_Store").write_text("ignored silently")
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
+    with pytest.raises(DataSourceError, match=r"train/dog/readme.txt: not an image file \(extension '.txt'\)"
+                       r"[\s\S]*data.skip_corrupt=true"):
+        load_splits(cfg)
+    splits = load_splits({**cfg, "skip_corrupt": True})
+    assert sum(len(s) for s in splits.values()) == 9
+    assert "skipping 1 item(s)" in caplog.text
+
+
+def test_labels_out_of_range_name_the_fix(tmp_path):
+    ds = cifar_like()["train"].rename_column("fine_label", "label")
+    with pytest.raises(DataSourceError, match=r"range over \[0, 4\] but data.num_classes=3; set data.num_classes=5"):
+        check_labels(ds, 3, "tiny/train")
