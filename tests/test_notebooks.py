@@ -119,3 +119,19 @@ def test_04_attention_maps_trains_and_draws_every_stage(tmp_path):
                  "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
                  tmp_path)
     assert images_shown(nb) == 4  # two images' stage grids, the heads, the block-by-block row
+
+
+@pytest.mark.slow
+def test_02_finetune_makes_a_folder_pretrains_finetunes_and_exports(tmp_path):
+    pytest.importorskip("transformers")
+    nb = execute("02_finetune_custom_folder.ipynb",
+                 {"WORK_DIR": str(tmp_path), "EPOCHS": 1, "PRETRAIN_EPOCHS": 1,
+                  "IMAGES_PER_CLASS": 8, "EXTRA_OVERRIDES": TINY},
+                 "assert datamodule.class_names == ['circle', 'cross', 'square', 'triangle']\n"
+                 "assert model.head.out_features == 4 and run_dir.is_relative_to(WORK_DIR)\n"
+                 "assert 'test/acc1' in metrics and hf_logits.shape == logits.shape\n",
+                 tmp_path)
+    text = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
+    assert "python run.py model=cvt_tiny" in text and "data=folder" in text
+    assert "transformers' CvtForImageClassification: same logits" in text
+    assert images_shown(nb) == 3  # folder examples, learning curves, top-k

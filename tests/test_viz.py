@@ -209,3 +209,11 @@ def test_plot_images_titles_and_blank_cells():
     assert len(fig.axes) == 4
     assert [ax.get_title() for ax in fig.axes] == ["x", "y", "z", ""]
     assert not fig.axes[3].images
+
+
+def test_attention_colours_start_at_zero(tiny_maps):
+    image, maps = tiny_maps
+    fig, ax = plt.subplots()
+    viz.plot_attention(ax, image, maps[-1], "cls")
+    low, high = ax.images[1].get_clim()
+    assert low == 0.0 and high == pytest.approx(viz.attention_grid(maps[-1], "cls")[0].max())

@@ -225,7 +225,8 @@ def plot_attention(ax: Any, image: Any, attn_map: dict[str, Any], query: int | s
                    sample: int = 0, head: int | None = None, alpha: float = 0.65) -> None:
     """Draw one query's attention on the key grid over the image, honestly coarse: each key
     cell is one flat block over the image area it summarises (nearest, no smoothing), with
-    the key grid's lines; the query cell (on the finer query grid) is outlined in red."""
+    the key grid's lines; the query cell (on the finer query grid) is outlined in red.
+    Colours run from 0 (dark) to the largest weight in the panel (bright)."""
     import matplotlib.patches as patches
 
     pixels = _hwc(image)
@@ -233,7 +234,8 @@ def plot_attention(ax: Any, image: Any, attn_map: dict[str, Any], query: int | s
     grid, cls_weight = attention_grid(attn_map, query, sample, head)
     (kh, kw), (qh, qw) = attn_map["kv_hw"], attn_map["q_hw"]
     ax.imshow(pixels, extent=(0, w, h, 0), cmap="gray" if pixels.ndim == 2 else None)
-    ax.imshow(grid, extent=(0, w, h, 0), interpolation="nearest", cmap="inferno", alpha=alpha)
+    ax.imshow(grid, extent=(0, w, h, 0), interpolation="nearest", cmap="inferno", alpha=alpha,
+              vmin=0.0, vmax=max(float(grid.max()), 1e-12))  # dark = 0, bright = the top key
     for i in range(1, kh):
         ax.axhline(i * h / kh, color="white", linewidth=0.5, alpha=0.7)
     for j in range(1, kw):
