@@ -95,43 +95,56 @@ def images_shown(nb: nbformat.NotebookNode) -> int:
                for o in c.outputs)
 
 
-@pytest.mark.slow
-def test_01_inference_falls_back_offline_trains_exports_and_reloads(tmp_path):
-    nb = execute("01_inference.ipynb",
-                 {"WORK_DIR": str(tmp_path), "EPOCHS": 1, "EXTRA_OVERRIDES": TINY, "NUM_DIGITS": 3},
-                 "from pathlib import Path\n"
-                 "assert Path(MODEL).is_relative_to(WORK_DIR), MODEL\n"
-                 "assert (Path(MODEL) / 'config.json').is_file() and (Path(MODEL) / 'model.safetensors').is_file()\n"
-                 "assert class_names == [str(i) for i in range(10)] and logits.shape == (5, 10)\n",
-                 tmp_path)
-    text = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
-    assert "NOTE: 'microsoft/cvt-13' cannot be loaded here" in text
-    assert "the exported and reloaded model gives the trained model's logits" in text
-    assert images_shown(nb) == 4  # top-5 panel + three preprocessing figures
+# Per notebook: tiny parameters, checks run in its kernel at the end, texts its outputs must
+# show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all.
+CASES = {
+    "01_inference": dict(
+        params={"EPOCHS": 1, "NUM_DIGITS": 3},
+        checks="from pathlib import Path\n"
+               "assert Path(MODEL).is_relative_to(WORK_DIR), MODEL\n"
+               "assert (Path(MODEL) / 'config.json').is_file() and (Path(MODEL) / 'model.safetensors').is_file()\n"
+               "assert class_names == [str(i) for i in range(10)] and logits.shape == (5, 10)\n",
+        texts=["NOTE: 'microsoft/cvt-13' cannot be loaded here",  # offline: the fallback ran
+               "the exported and reloaded model gives the trained model's logits"],
+        figures=4),  # top-5 panel, three preprocessing figures
+    "02_finetune_custom_folder": dict(
+        params={"EPOCHS": 1, "PRETRAIN_EPOCHS": 1, "IMAGES_PER_CLASS": 8},
+        checks="assert datamodule.class_names == ['circle', 'cross', 'square', 'triangle']\n"
+               "assert model.head.out_features == 4 and run_dir.is_relative_to(WORK_DIR)\n"
+               "assert 'test/acc1' in metrics and hf_logits.shape == logits.shape\n",
+        texts=["python run.py model=cvt_tiny", "data=folder",
+               "transformers' CvtForImageClassification: same logits"],
+        figures=3),  # folder examples, learning curves, top-k
+    "03_ablation_analysis": dict(
+        params={"EPOCHS": 1},
+        checks="assert [job.variant for job in result['jobs']] == ['stride1', 'stride2']\n"
+               "assert all(job.status == 'ok' for job in result['jobs'])\n"
+               "assert all((SWEEP_DIR / f).is_file() for f in ('report.md', 'report.csv', 'report.png'))\n"
+               "assert SWEEP_DIR.is_relative_to(WORK_DIR)\n",
+        texts=["python run.py -m experiment=ablation/kv_stride", "CvT Table 7: k/v projection stride",
+               "(paper, CvT-13 at 224 px: 1.45x)"],
+        figures=3),  # the report's chart, val/acc1 and val/loss per variant
+    "04_attention_maps": dict(
+        params={"EPOCHS": 1, "NUM_IMAGES": 2},
+        checks="assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
+               "(1, (8, 8), (4, 4)), (2, (4, 4), (2, 2)), (2, (4, 4), (2, 2))]\n"
+               "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
+        texts=["queries (4, 4), keys (2, 2) + cls token"],
+        figures=4),  # two images' stage grids, the heads, the block-by-block row
+}
 
 
 @pytest.mark.slow
-def test_04_attention_maps_trains_and_draws_every_stage(tmp_path):
-    nb = execute("04_attention_maps.ipynb",
-                 {"WORK_DIR": str(tmp_path), "EPOCHS": 1, "EXTRA_OVERRIDES": TINY, "NUM_IMAGES": 2},
-                 "assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == "
-                 "[(0, (16, 16), (8, 8)), (1, (8, 8), (4, 4)), (2, (4, 4), (2, 2)), (2, (4, 4), (2, 2))]\n"
-                 "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
-                 tmp_path)
-    assert images_shown(nb) == 4  # two images' stage grids, the heads, the block-by-block row
-
-
-@pytest.mark.slow
-def test_02_finetune_makes_a_folder_pretrains_finetunes_and_exports(tmp_path):
-    pytest.importorskip("transformers")
-    nb = execute("02_finetune_custom_folder.ipynb",
-                 {"WORK_DIR": str(tmp_path), "EPOCHS": 1, "PRETRAIN_EPOCHS": 1,
-                  "IMAGES_PER_CLASS": 8, "EXTRA_OVERRIDES": TINY},
-                 "assert datamodule.class_names == ['circle', 'cross', 'square', 'triangle']\n"
-                 "assert model.head.out_features == 4 and run_dir.is_relative_to(WORK_DIR)\n"
-                 "assert 'test/acc1' in metrics and hf_logits.shape == logits.shape\n",
-                 tmp_path)
-    text = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
-    assert "python run.py model=cvt_tiny" in text and "data=folder" in text
-    assert "transformers' CvtForImageClassification: same logits" in text
-    assert images_shown(nb) == 3  # folder examples, learning curves, top-k
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_notebook_runs_top_to_bottom(name, tmp_path):
+    case = CASES[name]
+    if name.startswith("02"):
+        pytest.importorskip("transformers")  # its last cell loads the export with transformers
+    params = {"WORK_DIR": str(tmp_path), "EXTRA_OVERRIDES": TINY, **case["params"]}
+    nb = execute(f"{name}.ipynb", params, case["checks"], tmp_path)
+    outputs = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
+    for text in case["texts"]:
+        assert text in outputs
+    figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
+                  for o in c.outputs)
+    assert figures == case["figures"]

@@ -79,27 +79,26 @@ def plot_learning_curves(source: str | Path, metrics: Sequence[str] | None = Non
                          f"(it has {sorted(series)})")
     fig, axes = _figure(1, len(panels), figsize=(4.5 * len(panels), 3.4), squeeze=False)
     for ax, (title, keys) in zip(axes[0], panels.items()):
-        for key in keys:
-            steps, values = series[key]
-            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=key)
-        ax.set(title=title, xlabel="step")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _draw_series(ax, title, {key: series[key] for key in keys})
     fig.tight_layout()
     return fig
 
 
 def plot_metric_by_run(runs: dict[str, str | Path], metric: str = "val/acc1"):
     """One metric of several runs (label -> run dir) on one axis, e.g. a sweep's variants."""
-    fig, axes = _figure(figsize=(5.5, 3.6))
-    for label, run_dir in runs.items():
-        steps, values = read_metrics_csv(run_dir).get(metric, ([], []))
-        axes.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label)
-    axes.set(title=metric, xlabel="step")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
+    fig, ax = _figure(figsize=(5.5, 3.6))
+    _draw_series(ax, metric, {label: read_metrics_csv(run_dir).get(metric, ([], []))
+                              for label, run_dir in runs.items()})
     fig.tight_layout()
     return fig
+
+
+def _draw_series(ax: Any, title: str, series: dict[str, tuple[list[int], list[float]]]) -> None:
+    for label, (steps, values) in series.items():
+        ax.plot(steps, values, marker="o" if len(steps) < 30 else None, ms=3, label=label)
+    ax.set(title=title, xlabel="step")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
 
 
 def plot_images(images: Sequence[Any], titles: Sequence[str] | None = None, cols: int = 8):
