@@ -1,17 +1,32 @@
 """The one entry point: `python run.py [group=option ...] [key=value ...]` (add -m to sweep)."""
 
+import logging
+import sys
+from pathlib import Path
+
 import hydra
 from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from cvt_lab.train import run  # imported here so `--help` and `--cfg` stay fast
+    from cvt_lab.train import CLEAR_ERRORS, run  # imported here so `--help` and `--cfg` stay fast
 
-    metrics = run(cfg)
+    try:
+        metrics = run(cfg)
+    except CLEAR_ERRORS as err:  # the message names the problem and the fix: no traceback
+        logging.getLogger("cvt_lab").error("%s: %s", type(err).__name__, err)
+        sys.exit(1)
     metric = cfg.get("optimized_metric")
     return metrics.get(metric) if metric else None
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:
+        if stop.code not in (0, None):  # Hydra refused the command line? then add a hint
+            from cvt_lab.validate import print_override_hint
+
+            print_override_hint(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+        raise

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import zipfile
-from pathlib import Path
 from typing import Any
 
 import hydra
@@ -11,28 +9,22 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from .data import ImageDataModule
+from .data.decode import ImageDecodeError
+from .data.sources import DataSourceError
 from .models import count_macs, count_params
 from .module import CvTModule
+from .resume import resolve_ckpt_path, resume_wandb, wandb_run_id
+from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
 from .utils import git_commit, print_summary
+from .validate import ConfigError, validate
 
-
-class ConfigError(ValueError):
-    """A config that cannot run; the message names the key and the fix."""
-
-
-def check_checkpoint(path: str | None) -> None:
-    """Fail fast (before any work) on a checkpoint path that cannot be resumed from."""
-    if path is None:
-        return
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"ckpt_path={path}: no such file (give the path to a .ckpt file)")
-    if not zipfile.is_zipfile(p):
-        raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint (expected a .ckpt "
-                          "written by this project or Lightning)")
+# Errors whose message says what to do: run.py prints them without a traceback.
+CLEAR_ERRORS = (ConfigError, DataSourceError, ImageDecodeError, NonFiniteError)
+SIGTERM_EXIT = 128 + 15  # the shell's status for "terminated by SIGTERM": the run is not done
 
 
 def plain(node: Any) -> Any:
@@ -46,9 +38,10 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics."""
-    check_checkpoint(cfg.get("ckpt_path"))
-    if not cfg.train and not cfg.get("ckpt_path"):
-        raise ConfigError("train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>")
+    validate(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
+    if cfg.train:
+        resume_wandb(cfg.get("logger"), wandb_run_id(ckpt_path))
     L.seed_everything(cfg.seed, workers=True)
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -57,11 +50,13 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0))
     loggers = instantiate_all(cfg.get("logger"))
-    callbacks = instantiate_all(cfg.get("callbacks"))
+    guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
+    callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
     if not loggers:  # logger=none: an lr monitor has nowhere to write
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    plugins = [*(hydra.utils.instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
     trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
-                                                 callbacks=callbacks)
+                                                 callbacks=callbacks, plugins=plugins)
     n_params = count_params(module.net)
     macs = count_macs(module.net, cfg.data.image_size)
     rank_zero_info(f"Model {cfg.model.name}: {n_params:,} parameters, "
@@ -70,24 +65,29 @@ def run(cfg: DictConfig) -> dict[str, float]:
         logger.log_hyperparams({"config": plain(cfg), "git_commit": git_commit(),
                                 "params": n_params, "gmacs": macs / 1e9})
 
-    if cfg.train:
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"),
-                    weights_only=True)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
-    if cfg.test:
-        ckpt = cfg.get("ckpt_path")
-        best = _best_checkpoint(trainer)
+    try:
         if cfg.train:
-            ckpt = best or None  # after fit: test the best weights, not the last ones
-        trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+        metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        if cfg.test:
+            ckpt = ckpt_path
+            best = _best_checkpoint(trainer)
+            if cfg.train:
+                ckpt = best or None  # after fit: test the best weights, not the last ones
+            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
+    except SIGTERMException:  # RunGuard saved last.ckpt and said where
+        _finish_wandb(loggers, exit_code=SIGTERM_EXIT)
+        raise SystemExit(SIGTERM_EXIT) from None
+    except BaseException:
+        _finish_wandb(loggers, exit_code=1)  # a sweep's next job must not log into this run
+        raise
 
-    checkpoint = trainer.checkpoint_callback
     print_summary(
         {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
         {"run dir": cfg.paths.output_dir,
          "best ckpt": _best_checkpoint(trainer),
-         "last ckpt": getattr(checkpoint, "last_model_path", None),
+         "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
     _finish_wandb(loggers)
@@ -99,12 +99,14 @@ def _best_checkpoint(trainer: L.Trainer) -> str | None:
     return callback.best_model_path or None if isinstance(callback, ModelCheckpoint) else None
 
 
-def _finish_wandb(loggers: list[Any]) -> None:
+def _finish_wandb(loggers: list[Any], exit_code: int | None = None) -> None:
     """Close the W&B run so the next job of a sweep starts a fresh one."""
     if any(isinstance(lg, WandbLogger) for lg in loggers):
         import wandb
 
-        wandb.finish()
+        if exit_code == SIGTERM_EXIT and wandb.run is not None:
+            wandb.run.mark_preempting()
+        wandb.finish(exit_code=exit_code)
 
 
-__all__ = ["run", "ConfigError"]
+__all__ = ["run", "ConfigError", "CLEAR_ERRORS"]

@@ -12,6 +12,7 @@ from datasets import Dataset
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from ..resume import ResumableLoader, ResumableSampler
 from .decode import ImageDecodeError, decode_image
 from .device_augment import DeviceAugment
 from .errors import DataSourceError
@@ -148,12 +149,16 @@ class ImageDataModule(L.LightningDataModule):
             return DataLoader(dataset, drop_last=train, num_workers=workers,
                               persistent_workers=workers > 0, **common)
         dataset = ImageDataset(self.splits[split], decoder)
+        options = dict(num_workers=workers, persistent_workers=workers > 0, **common)
+        if train:
+            # order fixed by (seed, epoch), position saved in checkpoints: exact mid-epoch resume
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+            return ResumableLoader(dataset, sampler=sampler, drop_last=len(dataset) >= batch,
+                                   generator=torch.Generator().manual_seed(self.seed), **options)
         sampler = None
-        if not train and world > 1:  # Lightning's DistributedSampler would pad with repeats
+        if world > 1:  # Lightning's DistributedSampler would pad with repeats
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
-        return DataLoader(
-            dataset, shuffle=train, sampler=sampler, drop_last=train and len(dataset) >= batch,
-            num_workers=workers, persistent_workers=workers > 0, **common)
+        return DataLoader(dataset, shuffle=False, sampler=sampler, **options)
 
     def _stream_length(self, split: str, world: int) -> int:
         """Samples per rank per epoch; the same on every rank so DDP steps stay in lockstep."""

@@ -1,0 +1,173 @@
+"""Continue an interrupted run exactly where it stopped.
+
+* ``resume=auto`` finds the newest checkpoint of the same ``task_name``
+  (``<log_dir>/<task_name>/runs/*/checkpoints/last.ckpt``, or a SLURM ``hpc_ckpt_*.ckpt``).
+* :class:`ResumableLoader` + :class:`ResumableSampler`: the training order depends only on
+  (seed, epoch), and Lightning saves the loader's position in every checkpoint, so a run
+  resumed mid-epoch skips exactly the batches it had trained on, with the global RNG states
+  of that moment (dropout, drop-path, batch augmentation continue the same stream).
+* The W&B run id travels in the checkpoint, so the resumed run logs to the same W&B run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from omegaconf import DictConfig, open_dict
+from torch.utils.data import DataLoader, DistributedSampler
+
+from .validate import ConfigError, check_checkpoint
+
+WANDB_ID_KEY = "wandb_run_id"  # top-level key of our checkpoints
+
+
+# ------------------------------------------------------------------ finding the checkpoint
+
+
+def find_resume_checkpoint(log_dir: str | Path, task_name: str, exclude: str | Path | None = None
+                           ) -> str | None:
+    """Newest usable checkpoint of this task's single runs (by modification time)."""
+    runs = Path(log_dir) / task_name / "runs"
+    found = [*runs.glob("*/checkpoints/last.ckpt"), *runs.glob("*/hpc_ckpt_*.ckpt")]
+    skip = Path(exclude).resolve() if exclude else None
+    for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
+        if skip is not None and skip in path.resolve().parents:
+            continue
+        try:
+            check_checkpoint(str(path))
+        except ConfigError as err:
+            rank_zero_warn(f"resume=auto: skipping {path}: {err}")
+            continue
+        return str(path)
+    return None
+
+
+def resolve_ckpt_path(cfg: DictConfig) -> str | None:
+    """The checkpoint this run starts from: ckpt_path, or with resume=auto the newest one."""
+    if cfg.get("resume") != "auto":
+        check_checkpoint(cfg.get("ckpt_path"))
+        return cfg.get("ckpt_path")
+    path = find_resume_checkpoint(cfg.paths.log_dir, cfg.task_name, exclude=cfg.paths.output_dir)
+    where = Path(cfg.paths.log_dir) / cfg.task_name / "runs"
+    rank_zero_info(f"resume=auto: continuing from {path}" if path else
+                   f"resume=auto: no checkpoint under {where}/*/ yet: starting a fresh run")
+    return path
+
+
+# ---------------------------------------------------------------------------- W&B run id
+
+
+def wandb_run_id(ckpt_path: str | None) -> str | None:
+    """The W&B run id stored in a checkpoint by :class:`cvt_lab.safeguards.RunGuard`."""
+    if not ckpt_path:
+        return None
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    return ckpt.get(WANDB_ID_KEY)
+
+
+def resume_wandb(loggers: DictConfig | None, run_id: str | None) -> None:
+    """Point every W&B logger of the config at the interrupted run (``resume="allow"``)."""
+    if not run_id or not loggers:
+        return
+    for node in loggers.values():
+        if node and "wandb" in str(node.get("_target_", "")).lower():
+            with open_dict(node):
+                node.id, node.resume = run_id, "allow"
+
+
+# ---------------------------------------------------------------------- resumable order
+
+
+class ResumableSampler(DistributedSampler):
+    """Shuffles by (seed, epoch) only, shards over ``num_replicas`` ranks, and can start
+    part-way into an epoch.
+
+    A ``DistributedSampler`` so Lightning keeps it under DDP instead of wrapping it (and
+    calls :meth:`set_epoch` every epoch). ``num_replicas=1, rank=0`` on one device.
+    """
+
+    def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
+                 seed: int = 0) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self._skip: tuple[int, int] | None = None  # (epoch, samples of it already consumed)
+
+    def skip(self, epoch: int, samples: int) -> None:
+        """Start the next pass over ``epoch`` after its first ``samples`` samples."""
+        self.set_epoch(epoch)
+        self._skip = (epoch, samples)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._skip is not None and self._skip[0] == self.epoch:
+            indices = indices[self._skip[1]:]
+        self._skip = None
+        return iter(indices)
+
+
+class ResumableLoader(DataLoader):
+    """A DataLoader that Lightning checkpoints (it has ``state_dict``/``load_state_dict``).
+
+    The state is the epoch and number of batches handed out so far, plus the global RNG
+    states; on resume the sampler skips those batches and the RNG states are restored at
+    the first fetch, where the interrupted run stood. Give it its own ``generator`` so
+    creating an iterator does not draw from the global RNG.
+    """
+
+    _position: tuple[int, int] = (0, 0)  # (epoch, batches of it handed out)
+    _rng_to_restore: dict[str, Any] | None = None
+
+    def __iter__(self) -> Iterator[Any]:
+        # a generator: runs at the first fetch, after Lightning's set_epoch and state loading
+        if self._rng_to_restore is not None:
+            set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None
+        sampler = self.sampler
+        if not isinstance(sampler, ResumableSampler):  # replaced (e.g. by overfit_batches)
+            yield from super().__iter__()
+            return
+        pending = sampler._skip
+        start = pending[1] // self.batch_size if pending and pending[0] == sampler.epoch else 0
+        epoch = sampler.epoch
+        for served, batch in enumerate(super().__iter__(), start=start + 1):
+            self._position = (epoch, served)
+            yield batch
+
+    def state_dict(self) -> dict[str, Any]:
+        if not isinstance(self.sampler, ResumableSampler):
+            return {}
+        epoch, served = self._position
+        return {"epoch": epoch, "batches": served, "rng": rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if not state or not isinstance(self.sampler, ResumableSampler):
+            return
+        self.sampler.skip(state["epoch"], state["batches"] * self.batch_size)
+        self._rng_to_restore = state["rng"]
+
+
+# ------------------------------------------------------------------------- RNG states
+
+
+def rng_state() -> dict[str, Any]:
+    """torch / numpy / python RNG states as tensors and plain values (weights_only-safe)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    python = state["python"]
+    random.setstate((python[0], tuple(python[1]), python[2]))
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,0 +1,115 @@
+"""Keep a run's outputs safe: checkpoints written atomically, a checkpoint on SIGTERM
+before exit, and a clear stop (keeping the last good checkpoint) on a non-finite loss."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.trainer.states import TrainerFn
+from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from .resume import WANDB_ID_KEY
+
+FIXES = ("Usual fixes: lower optimizer.lr or lengthen the warmup (scheduler.warmup_epochs), "
+         "clip gradients (trainer.gradient_clip_val=1.0), train in full precision "
+         "(trainer.precision=32-true) if you use 16-mixed, and check the data for broken values.")
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the weights became NaN/inf; the message names the step and the fixes."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes each checkpoint to a temporary file beside it, then renames it into place.
+
+    A crash or a full disk during the write leaves the previous ``last.ckpt`` intact (the
+    stock writer truncates the target first). Remote paths use Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+                        storage_options: Any | None = None) -> None:
+        if storage_options is not None or not _is_local_file_protocol(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+class RunGuard(L.Callback):
+    """Saves ``<dirpath>/last.ckpt`` when SIGTERM stops training; stops with a clear message
+    when the loss is NaN/inf (before the bad update) and never writes non-finite weights;
+    records the W&B run id in every checkpoint so a resumed run continues it; restores the
+    train loader's position on resume. Always on (added by ``cvt_lab.train.run``).
+
+    Args:
+        dirpath: the run's checkpoint directory (where ``last.ckpt`` lives).
+    """
+
+    def __init__(self, dirpath: str) -> None:
+        self.dirpath = Path(dirpath)
+        self.sigterm_checkpoint: str | None = None
+
+    @property
+    def last(self) -> Path:
+        return self.dirpath / "last.ckpt"
+
+    def _kept(self) -> str:
+        return (f"the last good checkpoint {self.last} is kept" if self.last.exists()
+                else "no checkpoint had been written yet")
+
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning loads the loader's saved position only when it builds the loader after
+        # restoring the checkpoint; configure_optimizers asking for estimated_stepping_batches
+        # builds it before. Load it now (a no-op when Lightning already did); the loader is
+        # lazy, so nothing has been fetched yet.
+        trainer.fit_loop._load_combined_loader_states()
+
+    def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           loss: torch.Tensor) -> None:
+        bad = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss).all()),
+                                                       all=False)
+        if bad:
+            batch = trainer.fit_loop.epoch_loop.batch_idx
+            raise NonFiniteError(
+                f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
+                f"{trainer.current_epoch}, batch {batch}): training stopped before this update; "
+                f"{self._kept()}. {FIXES}")
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        for name, value in checkpoint.get("state_dict", {}).items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise NonFiniteError(
+                    f"weight '{name}' is NaN/inf at step {trainer.global_step}: refusing to write "
+                    f"a checkpoint; {self._kept()}. {FIXES}")
+        run_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
+        if run_id:
+            checkpoint[WANDB_ID_KEY] = run_id
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
+            return  # after fit (testing) the model holds the best weights, not the last ones
+        trainer.save_checkpoint(self.last)
+        self.sigterm_checkpoint = str(self.last)
+        rank_zero_info(
+            f"Stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}). "
+            f"Checkpoint saved to {self.last}\nResume with the same command plus resume=auto "
+            f"(same task_name), or ckpt_path={self.last}")

@@ -1,0 +1,324 @@
+"""Refuse bad input before any work starts: one clear error per problem, naming the key
+and the fix. Also the hint printed under Hydra's own error for an unknown key or option.
+
+Light on imports on purpose: run.py calls :func:`print_override_hint` without torch.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import math
+import sys
+import zipfile
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+# Groups whose keys are checked against the union of the keys their option files define
+# (so a key added to any option file is known everywhere; a typo is not).
+KEYED_GROUPS = ("model", "data", "augment", "optimizer", "scheduler")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run; the message names the key and the fix."""
+
+
+# ---------------------------------------------------------------------------- config
+
+
+def validate(cfg: DictConfig) -> None:
+    """Every check that needs no data: types, unknown keys, run mode, model vs image size.
+
+    (Devices, precision and the batch split over devices: ``cvt_lab.hardware``.)
+    """
+    _check_types(cfg)
+    _check_unknown_keys(cfg, config_dir())
+    _check_run_mode(cfg)
+    _check_model(cfg)
+    if cfg.data.num_classes is None and cfg.data.get("source") != "folder":
+        raise ConfigError(f"data.num_classes is not set for {cfg.data.name}: set "
+                          "data.num_classes=<number of classes>")
+    names = cfg.data.get("class_names")
+    if names is not None and len(names) != cfg.data.num_classes:
+        raise ConfigError(f"data.class_names has {len(names)} names but data.num_classes="
+                          f"{cfg.data.num_classes}; make them agree (or set class_names: null)")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+# key -> (test, what it must be). Optional keys are checked only when present.
+TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_is_int, "an integer"),
+    "train": (lambda v: isinstance(v, bool), "true or false"),
+    "test": (lambda v: isinstance(v, bool), "true or false"),
+    "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
+    "data.image_size": (lambda v: _is_int(v) and v > 0, "an integer > 0 (pixels)"),
+    "data.num_classes": (lambda v: v is None or (_is_int(v) and v > 0),
+                         "an integer > 0 (or null with data=folder: one class per folder)"),
+    "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
+    "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
+    "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "augment.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+}
+
+
+def _check_types(cfg: DictConfig) -> None:
+    for key, (ok, what) in TYPE_RULES.items():
+        value = OmegaConf.select(cfg, key, default="<absent>")
+        if value == "<absent>":
+            continue
+        if not ok(value):
+            raise ConfigError(f"{key}={value!r} ({type(value).__name__}) must be {what}")
+
+
+def _check_run_mode(cfg: DictConfig) -> None:
+    resume = cfg.get("resume")
+    if resume not in (None, False, "auto"):
+        raise ConfigError(f"resume={resume!r}: use resume=auto (continue this task_name's newest "
+                          "checkpoint) or give the file with ckpt_path=<file.ckpt>")
+    if resume == "auto" and cfg.get("ckpt_path"):
+        raise ConfigError("give either resume=auto or ckpt_path=<file.ckpt>, not both")
+    if resume == "auto" and not cfg.train:
+        raise ConfigError("resume=auto continues training: it needs train=true")
+    if not cfg.train and not cfg.get("ckpt_path"):
+        raise ConfigError("train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>")
+
+
+def _check_model(cfg: DictConfig) -> None:
+    from .models import preset_config  # imports torch: keep the module light for run.py
+
+    knobs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
+             if v is not None and k not in ("name", "pretrained", "grad_checkpointing")}
+    try:
+        # the class count (null for folders until the data is read) does not shape the body
+        model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1, **knobs)
+    except (KeyError, TypeError, ValueError) as err:
+        raise ConfigError(f"model: {err.args[0] if err.args else err}") from err
+    size, stride = cfg.data.image_size, model.total_stride
+    if size < stride:
+        raise ConfigError(
+            f"data.image_size={size} is smaller than the total stride {stride} of model "
+            f"{cfg.model.name} (patch strides {list(model.patch_stride)}): the last stage would "
+            f"have no tokens. Use data.image_size>={stride} or a smaller-stride model (cvt_tiny)")
+
+
+# ---------------------------------------------------------------------- unknown keys
+
+
+def config_dir() -> Path:
+    """The primary config directory of the running Hydra app (the repo's conf/ otherwise)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        for source in HydraConfig.get().runtime.config_sources:
+            if source.provider == "main" and source.schema == "file":
+                return Path(source.path)
+    return CONF_DIR
+
+
+@lru_cache(maxsize=None)
+def group_keys(conf: Path, group: str) -> frozenset[str]:
+    """Keys any option file of ``group`` defines (``defaults`` aside)."""
+    keys: set[str] = set()
+    for path in (conf / group).rglob("*.yaml"):
+        node = OmegaConf.load(path)
+        if isinstance(node, DictConfig):
+            keys.update(k for k in node.keys() if k != "defaults")
+    return frozenset(keys)
+
+
+@lru_cache(maxsize=None)
+def top_level_keys(conf: Path) -> frozenset[str]:
+    """config.yaml's keys, its groups, and top-level keys of `# @package _global_` files."""
+    keys = {k for k in OmegaConf.load(conf / "config.yaml").keys() if k != "defaults"}
+    keys |= {p.name for p in conf.iterdir() if p.is_dir()}
+    for path in conf.rglob("*.yaml"):
+        if path.read_text().lstrip().startswith("# @package _global_"):
+            keys.update(k for k in OmegaConf.load(path).keys() if k != "defaults")
+    return frozenset(keys)
+
+
+def trainer_keys() -> frozenset[str]:
+    from lightning.pytorch import Trainer
+
+    return frozenset(inspect.signature(Trainer.__init__).parameters) - {"self"} | {"_target_"}
+
+
+def _unknown(key: str, valid: frozenset[str] | set[str], where: str) -> ConfigError:
+    parent, _, leaf = key.rpartition(".")
+    close = [f"{parent}.{c}" if parent else c
+             for c in difflib.get_close_matches(leaf, sorted(valid), n=3)]
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    return ConfigError(f"unknown config key '{key}': {hint}valid keys of {where}: "
+                       f"{', '.join(sorted(valid))}")
+
+
+def _check_unknown_keys(cfg: DictConfig, conf: Path) -> None:
+    known = top_level_keys(conf)
+    for key in cfg.keys():
+        if key not in known:
+            raise _unknown(str(key), known, "the top level")
+    for group in KEYED_GROUPS:
+        valid = group_keys(conf, group)
+        for key in cfg.get(group) or {}:
+            if key not in valid:
+                raise _unknown(f"{group}.{key}", valid, f"'{group}' (defined in conf/{group}/*.yaml)")
+    if cfg.get("trainer"):
+        valid = trainer_keys()
+        for key in cfg.trainer:
+            if key not in valid:
+                raise _unknown(f"trainer.{key}", valid, "'trainer' (lightning.Trainer arguments)")
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def check_checkpoint(path: str | None) -> None:
+    """Fail fast, before anything is written, on a ckpt_path that cannot be used.
+
+    The file is opened the way training will open it (``weights_only=True``): a pickle that
+    carries code is refused here, without running it.
+    """
+    if path is None:
+        return
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"ckpt_path={path}: no such file (give the path to a .ckpt file, "
+                          f"e.g. logs/<task_name>/runs/<time>/checkpoints/last.ckpt)")
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
+    except pickle.UnpicklingError as err:
+        if "Weights only load failed" not in str(err):
+            raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint ({err})") from err
+        raise ConfigError(
+            f"ckpt_path={path}: refused: the file holds Python objects or code, not just tensors "
+            "(torch.load weights_only=True rejected it). Only use checkpoints you trust; re-save "
+            "it as plain tensors (a state dict) to use it") from err
+    except Exception as err:  # truncated zip, another format: torch raises many types
+        raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint or truncated "
+                          f"({type(err).__name__}: {err})") from err
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"ckpt_path={path}: a tensor file but not a Lightning checkpoint (no "
+                          "'state_dict'); to start from pretrained weights use "
+                          "model.pretrained=<file> instead")
+
+
+# ------------------------------------------------------------------------ CLI hints
+
+
+def override_hint(overrides: list[str], config_name: str = "config",
+                  conf: Path = CONF_DIR) -> str | None:
+    """Why Hydra refused these command-line overrides, with close matches (None: it did not).
+
+    Re-composes growing prefixes of the overrides to find the first bad one.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parser = OverridesParser.create()
+    candidates = []
+    for arg in overrides:
+        if arg.startswith("-") or "=" not in arg:
+            continue
+        try:
+            override = parser.parse_override(arg)
+        except Exception:
+            return None  # a syntax error: Hydra's own message says where
+        if override.is_hydra_override():
+            continue
+        if override.is_sweep_override():
+            if not override.is_discrete_sweep() or override.value_type.name.startswith("GLOB"):
+                continue  # intervals and globs are for the sweeper to expand
+            prefix = arg.split("=", 1)[0]
+            candidates += [f"{prefix}={v}" for v in override.sweep_string_iterator()]
+        else:
+            candidates.append(arg)
+
+    def composes(args: list[str]) -> DictConfig | None:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+                return compose(config_name, overrides=args)
+        except Exception:
+            return None
+        finally:
+            GlobalHydra.instance().clear()
+
+    if composes([]) is None:
+        return None  # the config itself is broken: Hydra's message is the useful one
+    for i, arg in enumerate(candidates):
+        if composes(candidates[: i + 1]) is not None:
+            continue
+        base = composes(candidates[:i])
+        return _hint_for(parser.parse_override(arg), base, conf) if base is not None else None
+    return None
+
+
+def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
+    key = override.key_or_group
+    value = override.value() if not override.is_sweep_override() else None
+    group = key.split("@")[0]
+    if (conf / group).is_dir():
+        options = sorted(str(p.relative_to(conf / group).with_suffix(""))
+                         for p in (conf / group).rglob("*.yaml") if not p.name.startswith("_"))
+        close = difflib.get_close_matches(str(value), options, n=3)
+        did = f" Did you mean {group}={close[0]}?" if close else ""
+        return f"Hint: '{value}' is not an option of '{group}'.{did} Options: {', '.join(options)}"
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(base, parent_key) if parent_key else base
+    if not isinstance(parent, DictConfig):
+        flat = _flat_keys(base)
+        close = difflib.get_close_matches(key, flat, n=3)
+        return f"Hint: '{key}' is not a config key." + (f" Did you mean {', '.join(close)}?" if close else "")
+    keys = sorted(str(k) for k in parent.keys())
+    close = difflib.get_close_matches(leaf, keys, n=3)
+    where = f"'{parent_key}'" if parent_key else "the top level"
+    did = f" Did you mean {', '.join(f'{parent_key}.{c}' if parent_key else c for c in close)}?" if close else ""
+    if parent_key == "trainer" and not close:  # any Trainer argument may be added with +
+        extra = difflib.get_close_matches(leaf, sorted(trainer_keys()), n=3)
+        did = f" Did you mean {', '.join(f'+trainer.{c}' for c in extra)}?" if extra else ""
+    return f"Hint: '{key}' is not a key of {where}.{did} Keys there: {', '.join(keys)}"
+
+
+def _flat_keys(node: Any, prefix: str = "") -> list[str]:
+    """Dotted names of every key (values unresolved: Hydra's ${hydra:...} needs a live job)."""
+    if isinstance(node, DictConfig):
+        node = OmegaConf.to_container(node, resolve=False)
+    out = []
+    for k, v in node.items():
+        out.append(f"{prefix}{k}")
+        if isinstance(v, dict):
+            out += _flat_keys(v, f"{prefix}{k}.")
+    return out
+
+
+def print_override_hint(argv: list[str], conf: Path = CONF_DIR) -> None:
+    """Called by run.py after Hydra refused the command line: print our hint, if any."""
+    name = "config"
+    for i, arg in enumerate(argv):
+        if arg in ("-cn", "--config-name") and i + 1 < len(argv):
+            name = argv[i + 1]
+        elif arg.startswith("--config-name="):
+            name = arg.split("=", 1)[1]
+    try:
+        hint = override_hint(argv, name, conf)
+    except Exception:  # never let the hint hide Hydra's own error
+        return
+    if hint:
+        print(hint, file=sys.stderr)

@@ -1,0 +1,61 @@
+"""Under DDP, evaluation counts every sample exactly once (no sampler padding)."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torchmetrics.classification import MulticlassAccuracy
+
+from cvt_lab.data import ImageDataModule
+from data_helpers import png_bytes
+
+LABELS = [0, 1, 1, 0, 1, 1, 0]  # 7 samples, 3 of class 0; DistributedSampler would repeat sample 0
+
+
+class PredictsZero(L.LightningModule):
+    """Always predicts class 0: accuracy is the exact fraction of class-0 samples seen."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(1))
+        self.acc = MulticlassAccuracy(2, average="micro")
+        self.seen = 0
+
+    def validation_step(self, batch, batch_idx):
+        images, _, labels = batch
+        logits = torch.tensor([[1.0, 0.0]]).expand(len(labels), 2) + self.w
+        self.acc.update(logits, labels)
+        self.log("val/acc1", self.acc, batch_size=len(labels))
+        self.seen += len(labels)
+
+    def on_validation_epoch_end(self):
+        self.log("val/seen", self.all_gather(torch.tensor(float(self.seen))).sum())
+
+
+class SevenImages(ImageDataModule):
+    def setup(self, stage=None):
+        features = Features({"image": Image(decode=False), "label": ClassLabel(names=["a", "b"])})
+        ds = Dataset.from_dict({"image": [{"bytes": png_bytes(i), "path": None} for i in range(7)],
+                                "label": LABELS}, features=features)
+        self.splits = DatasetDict(train=ds, val=ds, test=ds)
+
+
+def test_unrepeated_sampler_partitions_without_padding():
+    shards = [list(UnrepeatedDistributedSampler(range(7), num_replicas=2, rank=r, shuffle=False))
+              for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == list(range(7))
+
+
+@pytest.mark.slow
+def test_ddp_validation_counts_each_sample_once(tmp_path):
+    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
+           "batch_size": 4, "num_workers": 0}
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        default_root_dir=tmp_path)
+    (metrics,) = trainer.validate(PredictsZero(), datamodule=SevenImages(cfg, {}))
+    assert metrics["val/seen"] == 7
+    assert metrics["val/acc1"] == pytest.approx(3 / 7)  # padded: 4/8

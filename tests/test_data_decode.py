@@ -1,0 +1,100 @@
+"""Decoding: every PIL mode to RGB, EXIF orientation, and bad files named or skipped."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvt_lab.data import ImageDataModule, ImageDecodeError, decode_image
+from cvt_lab.data.datamodule import SampleDecoder, collate
+from cvt_lab.data.transforms import EvalTransform, TrainTransform
+from data_helpers import png_bytes
+
+
+def encoded(img: Image.Image, fmt: str = "PNG", **kw) -> dict:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def test_every_mode_becomes_rgb_with_the_right_colours():
+    p = Image.new("P", (4, 4), 1)
+    p.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    p_transparent = p.copy()
+    p_transparent.info["transparency"] = 1
+    cases = {
+        "L": (Image.new("L", (4, 4), 77), (77, 77, 77)),
+        "LA": (Image.new("LA", (4, 4), (0, 0)), (255, 255, 255)),  # transparent -> white
+        "P": (p, (200, 10, 10)),
+        "P+transparency": (p_transparent, (255, 255, 255)),
+        "RGBA": (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
+        "CMYK": (Image.new("CMYK", (4, 4), (0, 0, 0, 0)), (255, 255, 255)),
+        "I;16": (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+    }
+    for name, (img, rgb) in cases.items():
+        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode == "I;16" else "PNG")
+        out = decode_image(encoded(img, fmt))
+        assert out.mode == "RGB", name
+        assert tuple(np.asarray(out)[1, 1]) == pytest.approx(rgb, abs=2), name
+
+
+def test_exif_orientation_is_applied():
+    img = Image.new("RGB", (8, 4), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotated 90 degrees: stored landscape, shown portrait
+    assert decode_image(encoded(img, "JPEG", exif=exif.tobytes())).size == (4, 8)
+
+
+def test_corrupt_truncated_and_empty_files_are_named(tmp_path):
+    good = png_bytes(9, size=(64, 64))
+    cases = {"garbage.png": b"this is not an image", "truncated.png": good[: len(good) // 2],
+             "empty.png": b""}
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ImageDecodeError, match=rf"{name}.*data.skip_corrupt=true") as info:
+            decode_image({"bytes": None, "path": str(tmp_path / name)})
+        assert info.value.where.endswith(name)
+    with pytest.raises(ImageDecodeError, match=r"empty \(0 bytes\)"):
+        decode_image({"bytes": None, "path": str(tmp_path / "empty.png")})
+
+
+def test_decompression_bomb_is_refused(monkeypatch):
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # restored after
+    value = {"bytes": png_bytes(5, size=(40, 40)), "path": None}
+    for limit in (1000, 500):  # over the limit (PIL warns) and over twice it (PIL raises)
+        with pytest.raises(ImageDecodeError, match=r"decompression bomb.*data.max_image_pixels \(now "):
+            decode_image(value, max_pixels=limit)
+    assert decode_image(value, max_pixels=1600).size == (40, 40)
+
+
+def test_images_smaller_than_the_crop_are_upscaled():
+    tiny = Image.new("RGB", (3, 2), (1, 2, 3))
+    import random
+    for transform in (TrainTransform(32, True), TrainTransform(32, False), EvalTransform(32, 0.875),
+                      EvalTransform(32, 1.0, warp=True)):
+        out = transform(tiny, random.Random(0))
+        assert out.shape == (3, 32, 32) and out.dtype == torch.uint8
+        assert out[:, 5, 5].tolist() == [1, 2, 3]
+
+
+def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
+    rows = [{"image": {"bytes": png_bytes(i), "path": None}, "label": i} for i in range(3)]
+    rows[1]["image"] = {"bytes": b"junk", "path": "/data/train/cat/broken.jpg"}
+    with pytest.raises(ImageDecodeError, match="broken.jpg"):
+        SampleDecoder(EvalTransform(8, 1.0))(rows[1])
+    decoder = SampleDecoder(EvalTransform(8, 1.0), skip_corrupt=True)
+    images, labels, skipped = collate([decoder(r) for r in rows])
+    assert images.shape == (2, 3, 8, 8) and labels.tolist() == [0, 2]
+    assert len(skipped) == 1 and "broken.jpg" in skipped[0]
+    dm = ImageDataModule({"mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 3, "name": "t"}, {})
+    with caplog.at_level(logging.WARNING):
+        x, targets, out_labels = dm.on_after_batch_transfer((images, labels, skipped), 0)
+    assert dm.skipped == 1 and "skipped unreadable image (1 so far): cannot decode /data/train/cat/broken.jpg" in caplog.text
+    assert x.shape == (2, 3, 8, 8) and torch.equal(out_labels, labels)
+    with pytest.raises(ImageDecodeError, match="every image of a batch was unreadable"):
+        collate([decoder(rows[1])])

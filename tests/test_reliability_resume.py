@@ -1,0 +1,159 @@
+"""Interrupted runs resume exactly: kill -9 mid-epoch then resume=auto ends with the same
+weights as an uninterrupted run; a 1-epoch run resumed to epoch 2 continues its counters."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+import signal
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import ROOT, compose_config, run_cli
+from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
+from cvt_lab.train import run
+
+# Tiny and deterministic: 3 batches of 8 per epoch, one val batch, no sanity check.
+TINY = ["trainer.deterministic=true", "data.batch_size=8", "+trainer.limit_train_batches=3",
+        "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+        "trainer.num_sanity_val_steps=0", "callbacks.progress_bar.refresh_rate=0"]
+
+
+class SignalAt(L.Callback):
+    """Test helper: the process sends itself ``signal`` after optimizer step ``step`` (before
+    that step's checkpoint is written: Lightning runs checkpoint callbacks last)."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL") -> None:
+        self.step, self.signal = step, signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
+def run_in_process(overrides: list[str], output_dir: Path) -> dict[str, float]:
+    return run(compose_config(overrides, output_dir))
+
+
+def weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
+
+
+@pytest.mark.slow
+def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path):
+    common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "task_name=kill9",
+              f"paths.log_dir={tmp_path}/logs", "callbacks.step_checkpoint.every_n_train_steps=2"]
+    # killed after step 5 of 6: the newest checkpoint is step 4, one batch into epoch 2
+    killed = run_cli(*common, f"hydra.run.dir={tmp_path}/logs/kill9/runs/1_killed",
+                     "+callbacks.kill._target_=test_reliability_resume.SignalAt",
+                     "+callbacks.kill.step=5",
+                     env={"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"),
+                                                         os.environ.get("PYTHONPATH", "")])})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    last = tmp_path / "logs/kill9/runs/1_killed/checkpoints/last.ckpt"
+    state = torch.load(last, weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (1, 4)
+
+    resumed = tmp_path / "logs/kill9/runs/2_resumed"
+    run_in_process([*common, "resume=auto"], resumed)
+    straight = tmp_path / "straight"
+    run_in_process(common, straight)
+
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+@pytest.fixture(scope="module")
+def one_epoch(tmp_path_factory):
+    """A finished 1-epoch run (trained and tested): (run dir, final metrics)."""
+    out = tmp_path_factory.mktemp("one_epoch")
+    return out, run_in_process(["logger=csv", *TINY, "trainer.max_epochs=1"], out)
+
+
+def logged_epochs_and_steps(run_dir: Path) -> tuple[set[int], list[int]]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("train/loss") or r.get("val/acc1")]
+    return {int(r["epoch"]) for r in rows}, sorted(int(r["step"]) for r in rows)
+
+
+def test_resuming_a_finished_epoch_continues_the_epoch_and_step_counters(one_epoch, tmp_path):
+    first, _ = one_epoch
+    run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", "test=false",
+                    f"ckpt_path={first}/checkpoints/last.ckpt"], tmp_path)
+    epochs_before, steps_before = logged_epochs_and_steps(first)
+    epochs_after, steps_after = logged_epochs_and_steps(tmp_path)
+    assert epochs_before == {0} and epochs_after == {1}  # epoch 0 is not repeated
+    assert min(steps_after) > max(steps_before)
+    state = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert (state["epoch"], state["global_step"]) == (1, 6)
+
+
+def test_eval_mode_reproduces_the_test_accuracy_logged_after_training(one_epoch, tmp_path):
+    first, trained = one_epoch
+    best = next((first / "checkpoints").glob("epoch*.ckpt"))
+    evaluated = run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={best}"], tmp_path)
+    assert evaluated["test/acc1"] == pytest.approx(trained["test/acc1"], abs=1e-4)
+    assert evaluated["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-4)
+    assert not (tmp_path / "checkpoints").exists()  # evaluation writes no checkpoints
+
+
+def fake_checkpoint(path: Path, age_s: float, good: bool = True) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if good:
+        torch.save({"state_dict": {"w": torch.ones(1)}}, path)
+    else:
+        path.write_bytes(b"truncated")
+    stamp = time.time() - age_s
+    os.utime(path, (stamp, stamp))
+    return path
+
+
+def test_resume_auto_takes_the_newest_usable_checkpoint_of_the_same_task(tmp_path):
+    logs = tmp_path / "logs"
+    fake_checkpoint(logs / "cvt/runs/a/checkpoints/last.ckpt", age_s=300)
+    newest = fake_checkpoint(logs / "cvt/runs/b/hpc_ckpt_1.ckpt", age_s=200)  # SLURM requeue
+    fake_checkpoint(logs / "cvt/runs/c/checkpoints/last.ckpt", age_s=100, good=False)
+    fake_checkpoint(logs / "other/runs/d/checkpoints/last.ckpt", age_s=0)  # another task
+    current = fake_checkpoint(logs / "cvt/runs/now/checkpoints/last.ckpt", age_s=0)
+    with pytest.warns(UserWarning, match="resume=auto: skipping .*runs/c/checkpoints/last.ckpt"):
+        assert find_resume_checkpoint(logs, "cvt", exclude=current.parents[1]) == str(newest)
+    assert find_resume_checkpoint(logs, "new_task") is None
+
+
+def test_train_order_depends_only_on_seed_and_epoch():
+    data = list(range(40))
+    order = lambda epoch, seed=0: (s := ResumableSampler(data, seed=seed), s.set_epoch(epoch), list(s))[2]
+    assert order(3) == order(3) and sorted(order(3)) == data
+    assert order(3) != order(4) and order(3) != order(3, seed=1)
+    shards = [list(ResumableSampler(data, num_replicas=2, rank=r, seed=0)) for r in (0, 1)]
+    assert sorted(shards[0] + shards[1]) == data  # DDP: each rank its half
+
+
+def test_loader_state_skips_the_batches_already_trained_on():
+    data = list(range(20))
+    loader = ResumableLoader(data, sampler=ResumableSampler(data, seed=5), batch_size=4,
+                             generator=torch.Generator().manual_seed(0))
+    loader.sampler.set_epoch(2)
+    batches = iter(loader)
+    seen = [next(batches), next(batches)]
+    state = loader.state_dict()
+    rest = list(batches)
+    assert (state["epoch"], state["batches"]) == (2, 2)
+
+    fresh = ResumableLoader(data, sampler=ResumableSampler(data, seed=5), batch_size=4,
+                            generator=torch.Generator().manual_seed(0))
+    fresh.load_state_dict(state)
+    torch.manual_seed(123)  # the RNG state of the moment is restored at the first fetch
+    resumed = list(fresh)
+    assert [b.tolist() for b in resumed] == [b.tolist() for b in rest]
+    assert torch.equal(torch.get_rng_state(), state["rng"]["torch"])
+    assert len(seen) + len(resumed) == len(fresh)
+    fresh.sampler.set_epoch(3)  # the skip applies to the interrupted epoch only
+    assert len(list(fresh)) == 5

@@ -1,0 +1,77 @@
+"""Pre-emption: SIGTERM writes last.ckpt and exits cleanly (status 143); resume=auto then
+continues the same W&B run; under SLURM, SIGUSR1 saves a checkpoint and requeues the job."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import ROOT
+from cvt_lab.resume import find_resume_checkpoint
+from test_reliability_resume import TINY, run_in_process
+
+
+def wandb_ids(run_dir: Path) -> set[str]:
+    return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
+
+
+@pytest.mark.slow
+def test_sigterm_saves_last_ckpt_exits_143_and_resume_continues_the_wandb_run(tmp_path):
+    logs = tmp_path / "logs"
+    common = ["logger=default", *TINY, "task_name=preempt", f"paths.log_dir={logs}", "test=false"]
+    first = logs / "preempt/runs/1"
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *common, "trainer.max_epochs=1000",
+         f"hydra.run.dir={first}"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = first / "checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)  # training has started once the first epoch's last.ckpt is written
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+
+    assert proc.returncode == 143, out[-3000:]
+    assert f"Checkpoint saved to {last}" in out and "resume=auto" in out
+    assert "Traceback" not in out
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] >= 3 and state["wandb_run_id"]
+    assert wandb_ids(first) == {state["wandb_run_id"]}
+
+    second = logs / "preempt/runs/2"
+    run_in_process([*common, "resume=auto", f"trainer.max_epochs={state['epoch'] + 2}"], second)
+    resumed = torch.load(second / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] > state["global_step"]
+    assert resumed["epoch"] == state["epoch"] + 1
+    assert wandb_ids(second) == {state["wandb_run_id"]}  # the same W&B run continues
+    assert resumed["wandb_run_id"] == state["wandb_run_id"]
+
+
+def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"  # a stand-in that records how it was called
+    scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
+    scontrol.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cvt", "SLURM_JOB_ID": "4242",
+                       "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
+        monkeypatch.setenv(key, value)
+    logs = tmp_path / "logs"
+    run_dir = logs / "slurm/runs/1"
+    run_in_process(["logger=csv", *TINY, "trainer.max_epochs=1", "test=false", "task_name=slurm",
+                    f"paths.log_dir={logs}",
+                    "+callbacks.usr1._target_=test_reliability_resume.SignalAt",
+                    "+callbacks.usr1.step=2", "+callbacks.usr1.signal=SIGUSR1"], run_dir)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    assert torch.load(hpc, weights_only=True)["global_step"] == 2
+    os.utime(hpc)  # the requeued job (same command + resume=auto) continues from it
+    assert find_resume_checkpoint(logs, "slurm") == str(hpc)

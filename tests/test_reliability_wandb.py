@@ -1,0 +1,82 @@
+"""Three W&B-offline runs in one process (as a sweep does): no leaked file handles, threads
+or W&B runs; the W&B run lives in the run dir; no network; no secrets in any saved file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import threading
+
+import pytest
+
+from test_reliability_resume import TINY, run_in_process
+
+SENTINEL = "sentinel-secret-4f1c9a"
+
+
+@pytest.fixture(scope="module")
+def three_runs(tmp_path_factory):
+    """Run 3 tiny trainings in this process with W&B offline, secrets set and the network
+    refused; record open fds, threads and wandb.run after each."""
+    import wandb
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("WANDB_MODE", "offline")
+    mp.setenv("WANDB_API_KEY", SENTINEL)
+    mp.setenv("HF_TOKEN", SENTINEL)
+    remote, connect = [], socket.socket.connect
+
+    def loopback_only(sock, address):
+        host = address[0] if isinstance(address, tuple) else None
+        if host is not None and not _is_loopback(host):
+            remote.append(address)
+            raise OSError("test: network access refused")
+        return connect(sock, address)
+
+    mp.setattr(socket.socket, "connect", loopback_only)
+    root = tmp_path_factory.mktemp("soak")
+    record = []
+    try:
+        for i in range(3):
+            run_in_process(["logger=default", *TINY, "trainer.max_epochs=1", f"task_name=soak{i}"],
+                           root / str(i))
+            record.append({"fds": len(os.listdir("/proc/self/fd")),
+                           "threads": threading.active_count(), "wandb_run": wandb.run})
+    finally:
+        mp.undo()
+    return root, record, remote
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+@pytest.mark.slow
+def test_consecutive_runs_leak_no_file_handles_threads_or_wandb_runs(three_runs):
+    _, record, _ = three_runs
+    assert [r["wandb_run"] for r in record] == [None, None, None]
+    # the first run warms up (W&B service, worker pools); later runs must not add more
+    assert record[2]["fds"] <= record[1]["fds"], record
+    assert record[2]["threads"] <= record[1]["threads"], record
+
+
+@pytest.mark.slow
+def test_wandb_offline_writes_under_the_run_dir_and_never_reaches_the_network(three_runs):
+    root, _, remote = three_runs
+    for i in range(3):
+        runs = list((root / str(i) / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1 and any(runs[0].rglob("*.wandb")), runs
+    assert remote == []
+
+
+@pytest.mark.slow
+def test_secrets_never_reach_configs_logs_or_checkpoints(three_runs):
+    root, _, _ = three_runs
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
+    leaking = [str(p.relative_to(root)) for p in files if SENTINEL.encode() in p.read_bytes()]
+    assert leaking == []

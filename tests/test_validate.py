@@ -1,0 +1,114 @@
+"""Bad config is refused before any work with one clear error; shipped configs pass."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import CONF, compose_config
+from cvt_lab.data import DataSourceError, ImageDataModule
+from cvt_lab.validate import ConfigError, override_hint, validate
+from test_configs import CASES
+
+
+def cfg_for(tmp_path, *overrides):
+    return compose_config(["logger=csv", *overrides], tmp_path)
+
+
+@pytest.mark.parametrize(("group", "option"), CASES, ids=[f"{g}={o}" for g, o in CASES])
+def test_every_shipped_option_passes_validation(group, option, tmp_path):
+    validate(cfg_for(tmp_path, f"{group}={option}"))
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("data.batch_size=abc", "data.batch_size='abc' (str) must be an integer > 0"),
+    ("data.batch_size=0", "data.batch_size=0 (int) must be an integer > 0"),
+    ("data.batch_size=64.0", "data.batch_size=64.0 (float) must be an integer > 0"),
+    ("data.image_size=true", "data.image_size=True (bool) must be an integer > 0 (pixels)"),
+    ("train=yes", "train='yes' (str) must be true or false"),
+    ("optimizer.lr=-1", "optimizer.lr=-1 (int) must be a number > 0"),
+    ("optimizer.lr=nan", "optimizer.lr=nan (float) must be a number > 0"),
+    ("augment.label_smoothing=1.5", "augment.label_smoothing=1.5 (float) must be a number in [0, 1)"),
+    ("seed=1.5", "seed=1.5 (float) must be an integer"),
+])
+def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, override))
+    assert str(err.value) == message
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("+data.batchsize=3", "unknown config key 'data.batchsize': did you mean data.batch_size?"),
+    ("+model.drop_pat=0.1", "unknown config key 'model.drop_pat': did you mean model.drop_path"),
+    ("+trainer.max_epoch=3", "unknown config key 'trainer.max_epoch': did you mean trainer.max_epochs"),
+    ("+sede=3", "unknown config key 'sede': did you mean seed, scheduler?"),
+])
+def test_unknown_keys_are_refused_with_close_matches(override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, override))
+    assert str(err.value).startswith(message)
+
+
+def test_any_lightning_trainer_argument_is_a_known_key(tmp_path):
+    validate(cfg_for(tmp_path, "+trainer.limit_train_batches=3", "+trainer.gradient_clip_val=1.0"))
+
+
+def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, "model=cvt13", "data.image_size=8"))
+    assert str(err.value).startswith(
+        "data.image_size=8 is smaller than the total stride 16 of model cvt13 (patch strides "
+        "[4, 2, 2])")
+    validate(cfg_for(tmp_path, "model=cvt13", "data.image_size=16"))  # the boundary is allowed
+    with pytest.raises(ConfigError, match="total stride 8 of model cvt_tiny"):
+        validate(cfg_for(tmp_path, "data.image_size=7"))
+
+
+def test_bad_model_knob_is_refused_as_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="model: CvT option 'projection' got 'conv'"):
+        validate(cfg_for(tmp_path, "model.projection=conv"))
+
+
+def test_class_names_must_match_num_classes(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, "data.num_classes=12"))
+    assert str(err.value).startswith("data.class_names has 10 names but data.num_classes=12")
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["train=false"], "train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>"),
+    (["resume=auto", "ckpt_path=x.ckpt"], "give either resume=auto or ckpt_path=<file.ckpt>, not both"),
+    (["resume=yes"], "resume='yes': use resume=auto"),
+    (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),
+])
+def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, *overrides))
+    assert str(err.value).startswith(message)
+
+
+def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
+    cfg = cfg_for(tmp_path, "data.num_classes=12", "data.class_names=null")
+    validate(cfg)  # nothing in the config alone says it is wrong
+    dm = ImageDataModule(dict(cfg.data), dict(cfg.augment), seed=0)
+    with pytest.raises(DataSourceError) as err:
+        dm.setup("fit")
+    assert str(err.value) == "embedded has 10 classes but data.num_classes=12; set data.num_classes=10"
+
+
+@pytest.mark.parametrize(("overrides", "hint"), [
+    (["model=cvt13", "trainer.max_epoch=3"],
+     "Hint: 'trainer.max_epoch' is not a key of 'trainer'. Did you mean trainer.max_epochs?"),
+    (["trainer.limit_train_batch=3"],
+     "Hint: 'trainer.limit_train_batch' is not a key of 'trainer'. Did you mean +trainer.limit_train_batches"),
+    (["data.batchsize=3"], "Hint: 'data.batchsize' is not a key of 'data'. Did you mean data.batch_size?"),
+    (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
+    (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),
+    (["sede=1"], "Hint: 'sede' is not a key of the top level. Did you mean seed"),
+])
+def test_override_hint_names_the_bad_override_and_close_matches(overrides, hint):
+    assert override_hint(overrides, conf=CONF).startswith(hint)
+
+
+def test_override_hint_is_silent_when_the_command_line_composes():
+    assert override_hint(["model=cvt13", "+trainer.limit_train_batches=3", "-m", "seed=1,2"],
+                         conf=CONF) is None
