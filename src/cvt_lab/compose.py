@@ -10,8 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict, read_write
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # a checkout (or editable install): run.py, conf/
-CONF_DIR = REPO_ROOT / "conf"
+from .validate import CONF_DIR
+
+REPO_ROOT = CONF_DIR.parent  # a checkout (or editable install): run.py, conf/, notebooks/
 
 
 def compose_config(overrides: list[str], output_dir: str | Path | None = None,
