@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -34,30 +36,79 @@ def accuracy_metrics(num_classes: int, prefix: str) -> MetricCollection:
     return MetricCollection(metrics, prefix=prefix)
 
 
+def ema_copy(net: nn.Module, decay: float) -> AveragedModel:
+    """A frozen copy of ``net`` that tracks ``decay * ema + (1 - decay) * weights`` (and the
+    BatchNorm buffers) after each optimizer step."""
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"ema_decay={decay} must lie in (0, 1), e.g. 0.9998; null turns EMA off")
+    ema = AveragedModel(net, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+    return ema.requires_grad_(False)
+
+
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
 
 
+def steps_per_epoch(trainer: L.Trainer, total: int) -> int:
+    """Optimizer steps per epoch (after ``estimated_stepping_batches`` set up the data)."""
+    batches = trainer.num_training_batches
+    if batches != float("inf"):
+        return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
+    return max(1, total // max(1, trainer.max_epochs or 1))
+
+
 class CvTModule(L.LightningModule):
-    """Trains a CvT. Hyper-parameters are plain dicts so checkpoints load with weights_only."""
+    """Trains a CvT. Hyper-parameters are plain dicts so checkpoints load with weights_only.
+
+    ``ema_decay``: keep an exponential moving average of the weights; validation, test and
+    ``forward`` then use it, and checkpoints hold both (``net.*`` and ``ema.module.*``).
+    ``compile``: ``torch.compile`` the network in :meth:`configure_model` (in place, so
+    checkpoint keys have no ``_orig_mod.`` and load into an uncompiled module).
+    ``channels_last``: NHWC memory format for weights and inputs (faster convs on GPUs).
+    """
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
-                 num_classes: int, label_smoothing: float = 0.0) -> None:
+                 num_classes: int, label_smoothing: float = 0.0, ema_decay: float | None = None,
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(model, num_classes)
+        self.ema = ema_copy(self.net, ema_decay) if ema_decay is not None else None
         self.label_smoothing = label_smoothing
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_acc1_best = MaxMetric()
+        self._configured = False
+        self._ema_step = 0
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The weights to evaluate and deploy: the EMA when enabled, else the trained ones."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def configure_model(self) -> None:
+        if self._configured:  # Lightning calls this for fit and again for test
+            return
+        self._configured = True
+        options = self.hparams.compile  # true or torch.compile kwargs, e.g. {mode: max-autotune}
+        for net in {self.net, self.eval_net}:
+            if self.hparams.channels_last:
+                net.to(memory_format=torch.channels_last)
+            if options:
+                net.compile(**(options if isinstance(options, dict) else {}))
+
+    def _inputs(self, images: torch.Tensor) -> torch.Tensor:
+        if self.hparams.channels_last:
+            return images.contiguous(memory_format=torch.channels_last)
+        return images
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images)
+        return self.eval_net(self._inputs(images))
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets, labels = batch
-        logits = self(images)
+        logits = self.net(self._inputs(images))
         if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already inside)
             loss = soft_cross_entropy(logits, targets)
         else:
@@ -65,6 +116,15 @@ class CvTModule(L.LightningModule):
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
+
+    def on_train_start(self) -> None:
+        self._ema_step = self.trainer.global_step
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # global_step counts optimizer steps: with gradient accumulation not every batch steps
+        if self.ema is not None and self.trainer.global_step > self._ema_step:
+            self.ema.update_parameters(self.net)
+            self._ema_step = self.trainer.global_step
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), sync_dist=False)
@@ -81,27 +141,28 @@ class CvTModule(L.LightningModule):
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.val_metrics, "val")
 
+    # compute() already gathers over all ranks; sync_dist on the (equal) values only tells
+    # Lightning so, which silences its "use sync_dist" warning under DDP
     def on_validation_epoch_end(self) -> None:
         values = self.val_metrics.compute()
         self.val_metrics.reset()
-        self.log_dict(values, prog_bar=True)
+        self.log_dict(values, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
-            self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False)
+            self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False, sync_dist=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute())
+        self.log_dict(self.test_metrics.compute(), sync_dist=True)
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = self.hparams.optimizer
         optimizer = build_optimizer(self.net, opt_cfg)
         total = int(self.trainer.estimated_stepping_batches)
-        epochs = max(1, self.trainer.max_epochs or 1)
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,
-                                    max(1, total // epochs))
+                                    steps_per_epoch(self.trainer, total))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

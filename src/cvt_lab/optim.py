@@ -2,7 +2,9 @@
 
 The learning rate is given per ``ref_batch`` images and scaled linearly to the global
 batch (the paper: 2.5e-4 per 256 for CvT-13); ``ref_batch: null`` makes it absolute.
-Norms, biases, cls tokens and position embeddings get no weight decay.
+Norms, biases, cls tokens and position embeddings get no weight decay. ``layer_decay``
+(fine-tuning) scales each depth's lr by ``layer_decay ** (distance from the head)``; the
+schedule multiplies every group's lr by the same factor.
 """
 
 from __future__ import annotations
@@ -19,19 +21,43 @@ def effective_lr(cfg: dict[str, Any], lr_key: str = "lr") -> float:
     return cfg[lr_key] * (cfg["batch_size"] / ref if ref else 1.0)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+def layer_id(name: str, depths: tuple[int, ...]) -> int:
+    """Depth of a CvT parameter for layer-wise lr decay: 0 = the stem, block b = b + 1
+    (blocks counted across stages), norm/head = sum(depths) + 1. A stage's token embedding,
+    cls token and position embedding sit at the depth of the block before them."""
+    parts = name.split(".")
+    if not parts[0].startswith("stage"):
+        return sum(depths) + 1
+    stage = int(parts[0][len("stage"):])
+    before = sum(depths[:stage])
+    return before + int(parts[2]) + 1 if parts[1] == "blocks" else before
+
+
+def param_groups(model: nn.Module, weight_decay: float, layer_decay: float | None = None
+                 ) -> list[dict[str, Any]]:
+    """Decay / no-decay groups; with ``layer_decay`` also one group per depth whose
+    ``lr_scale`` is ``layer_decay ** (head depth - depth)`` (BEiT-style fine-tuning)."""
     skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else set()
-    decay, no_decay = [], []
+    if layer_decay is not None and not hasattr(model, "config"):
+        raise ValueError("optimizer.layer_decay needs a CvT (it reads the stage depths); "
+                         "set optimizer.layer_decay=null")
+    depths = tuple(model.config.depths) if layer_decay is not None else ()
+    groups: dict[tuple[float, float], dict[str, Any]] = {}
     for name, p in model.named_parameters():
-        if p.requires_grad:
-            (no_decay if name in skip else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay},
-            {"params": no_decay, "weight_decay": 0.0}]
+        if not p.requires_grad:
+            continue
+        decay = 0.0 if name in skip else weight_decay
+        scale = 1.0 if layer_decay is None else layer_decay ** (sum(depths) + 1 - layer_id(name, depths))
+        group = groups.setdefault((decay, scale), {"params": [], "weight_decay": decay, "lr_scale": scale})
+        group["params"].append(p)
+    return list(groups.values())
 
 
 def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.get("weight_decay", 0.0))
+    groups = param_groups(model, cfg.get("weight_decay", 0.0), cfg.get("layer_decay"))
     lr = effective_lr(cfg)
+    for group in groups:
+        group["lr"] = lr * group["lr_scale"]
     name = cfg["name"]
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))),
@@ -61,9 +87,12 @@ def lr_factor(step: int, total: int, warmup: int, start: float, end: float, kind
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_cfg: dict[str, Any],
                     total_steps: int, steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """A per-step LambdaLR; epochs in the config are converted with ``steps_per_epoch``."""
+    """A per-step LambdaLR; epochs in the config are converted with ``steps_per_epoch``
+    (``warmup_steps``, when set, wins over ``warmup_epochs`` for step-based recipes)."""
     peak = effective_lr(opt_cfg)
-    warmup = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    warmup = cfg.get("warmup_steps")
+    if warmup is None:
+        warmup = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     start = cfg.get("warmup_lr", 0.0) / peak
     end = cfg.get("min_lr", 0.0) / peak
     milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from .data import ImageDataModule
 from .data.decode import ImageDecodeError
 from .data.sources import DataSourceError
+from .hardware import validate_hardware
 from .models import count_macs, count_params
 from .module import CvTModule
 from .resume import resolve_ckpt_path, resume_wandb, wandb_run_id
@@ -39,6 +40,7 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics."""
     validate(cfg)
+    validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
     if cfg.train:
         resume_wandb(cfg.get("logger"), wandb_run_id(ckpt_path))
@@ -48,7 +50,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
     module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
                        scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
-                       label_smoothing=cfg.augment.get("label_smoothing", 0.0))
+                       label_smoothing=cfg.augment.get("label_smoothing", 0.0),
+                       ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
+                       channels_last=cfg.get("channels_last", False))
     loggers = instantiate_all(cfg.get("logger"))
     guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
     callbacks = [*instantiate_all(cfg.get("callbacks")), guard]

@@ -1,0 +1,154 @@
+"""Hardware and recipe checks that must fail before any work starts.
+
+Lightning catches some of these late (after data loading) or silently changes the request
+(``16-mixed`` on a CPU becomes ``bf16-mixed``); here each one stops the run at once with a
+message naming the key and the fix. :func:`validate_hardware` is called first in
+``cvt_lab.train.run``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+# Lightning's precision flags; "32"/"16"/"bf16" are its short spellings.
+FP16_MIXED = ("16-mixed", "16")
+BF16 = ("bf16-mixed", "bf16", "bf16-true")
+# Strategies whose processes Lightning starts by re-running sys.argv (breaks Hydra multirun).
+SUBPROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+
+
+class HardwareError(ValueError):
+    """A hardware/recipe setting this machine or config cannot run; says which and the fix."""
+
+
+def uses_gpu(trainer: dict[str, Any]) -> bool:
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def devices_per_node(trainer: dict[str, Any]) -> int:
+    """How many processes Lightning starts per node for ``trainer.devices``."""
+    devices = trainer.get("devices", "auto")
+    gpu = uses_gpu(trainer)
+    if isinstance(devices, (list, tuple)):
+        return len(devices)
+    if isinstance(devices, str) and "," in devices:
+        return len([d for d in devices.split(",") if d.strip()])
+    if devices in ("auto", -1, "-1"):
+        return torch.cuda.device_count() if gpu else 1
+    return int(devices)
+
+
+def world_size(trainer: dict[str, Any]) -> int:
+    return devices_per_node(trainer) * int(trainer.get("num_nodes", 1) or 1)
+
+
+def validate_hardware(cfg: DictConfig) -> None:
+    """Raise :class:`HardwareError` for a setting that cannot run here (before training)."""
+    trainer = cfg.trainer
+    _check_devices(trainer)
+    _check_precision(trainer)
+    _check_batch_split(cfg)
+    if cfg.get("compile"):
+        _check_compile(trainer, cfg.compile)
+    if trainer.get("sync_batchnorm") and not uses_gpu(trainer):
+        raise HardwareError(
+            "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
+            "set trainer.sync_batchnorm=false (trainer=ddp_cpu does)")
+    _check_hydra_under_ddp(trainer)
+
+
+def _check_devices(trainer: dict[str, Any]) -> None:
+    if str(trainer.get("accelerator")) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise HardwareError(
+            f"trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible "
+            "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=ddp_cpu), or "
+            "install a CUDA build of PyTorch")
+    if uses_gpu(trainer) and devices_per_node(trainer) > torch.cuda.device_count():
+        raise HardwareError(
+            f"trainer.devices={trainer.get('devices')} asks for more GPUs than the "
+            f"{torch.cuda.device_count()} visible; lower trainer.devices or use devices=auto")
+
+
+def _check_precision(trainer: dict[str, Any]) -> None:
+    precision = str(trainer.get("precision", "32-true"))
+    if precision in FP16_MIXED and not uses_gpu(trainer):
+        raise HardwareError(
+            f"trainer.precision={precision} (float16 autocast with a gradient scaler) needs a "
+            "CUDA GPU; on the CPU use trainer.precision=bf16-mixed or 32-true")
+    if precision in BF16 and uses_gpu(trainer) and not torch.cuda.is_bf16_supported():
+        raise HardwareError(
+            f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no "
+            "bfloat16 support (it needs compute capability 8.0+, e.g. A100/H100); use "
+            "trainer.precision=16-mixed")
+
+
+def _check_batch_split(cfg: DictConfig) -> None:
+    """The global batch must split evenly over devices x accumulation steps."""
+    trainer = cfg.trainer
+    batch = int(cfg.data.batch_size)
+    world = world_size(trainer)
+    accumulate = int(trainer.get("accumulate_grad_batches", 1) or 1)
+    if batch % (world * accumulate):
+        per_step = world * accumulate
+        lower = max(per_step, batch // per_step * per_step)
+        raise HardwareError(
+            f"data.batch_size={batch} (the global batch per optimizer step) does not split "
+            f"evenly over {world} device(s) x trainer.accumulate_grad_batches={accumulate}; "
+            f"use a multiple of {per_step}, e.g. data.batch_size={lower}")
+
+
+def _check_compile(trainer: dict[str, Any], options: Any) -> None:
+    if not torch._dynamo.is_dynamo_supported():
+        raise HardwareError(
+            f"compile=true: torch.compile does not support this Python/PyTorch "
+            f"({torch.__version__}); set compile=false")
+    if options is not True and options.get("backend", "inductor") != "inductor":
+        return  # other backends (aot_eager, ...) generate no C++/Triton code
+    compilers = [os.environ.get("CXX", ""), "g++", "c++", "clang++"]
+    if not any(c and shutil.which(c) for c in compilers):
+        raise HardwareError(
+            "compile=true needs a C++ compiler for torch.compile's generated kernels and none "
+            "was found (g++/c++/clang++ or $CXX); install one (e.g. apt install g++) or set "
+            "compile=false")
+    if uses_gpu(trainer) and importlib.util.find_spec("triton") is None:
+        raise HardwareError(
+            "compile=true on a GPU needs Triton (it ships with CUDA builds of PyTorch); "
+            "install the CUDA build of torch or set compile=false")
+
+
+def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
+    """Two known ways Hydra and multi-process training write into the wrong directories."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized() or world_size(trainer) < 2:
+        return
+    hydra_cfg = HydraConfig.get()
+    strategy = str(trainer.get("strategy", "auto"))
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    if (hydra_cfg.mode == RunMode.MULTIRUN and strategy in SUBPROCESS_STRATEGIES
+            and not launcher.endswith("SlurmLauncher")):
+        raise HardwareError(
+            f"trainer.strategy={strategy} inside a multirun (-m) re-runs the command line in "
+            "each child process, which re-launches the whole sweep (a known Lightning+Hydra "
+            "limitation); use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps "
+            "(Lightning's CSVLogger loses its header between a spawned fit and test), or "
+            "hydra/launcher=slurm (SLURM starts the processes, one job per sweep point)")
+    launched_outside = bool(os.environ.get("TORCHELASTIC_RUN_ID")) or int(
+        os.environ.get("SLURM_NTASKS", "1")) > 1
+    run_dir_given = any(o.startswith("hydra.run.dir=") for o in hydra_cfg.overrides.hydra)
+    if hydra_cfg.mode != RunMode.MULTIRUN and launched_outside and not run_dir_given:
+        raise HardwareError(
+            "processes started by torchrun/srun each pick their own time-stamped run dir; give "
+            "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "
+            "hydra.run.dir=logs/train/runs/$SLURM_JOB_ID)")
+
+
+__all__ = ["HardwareError", "validate_hardware", "world_size", "devices_per_node"]

@@ -1,0 +1,144 @@
+"""Hardware strategies: clear errors before training for settings that cannot run, and real
+DDP (2 CPU processes over gloo) through run.py with one run dir, one W&B run and metrics
+gathered over both ranks."""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+
+from conftest import ROOT, compose_config, run_cli
+from cvt_lab.data import ImageDataModule
+from cvt_lab.hardware import HardwareError, validate_hardware, world_size
+from cvt_lab.module import CvTModule
+from cvt_lab.train import plain, run
+
+
+def check(*overrides: str) -> None:
+    validate_hardware(compose_config(list(overrides)))
+
+
+@pytest.mark.parametrize("overrides", [
+    [],
+    ["trainer=ddp_cpu"],                                              # 64 = 2 x 32
+    ["trainer=ddp_cpu", "trainer.accumulate_grad_batches=4"],        # 64 = 2 x 4 x 8
+    ["trainer.precision=bf16-mixed", "channels_last=true"],
+    ["compile=true"],
+    ["trainer=ddp_cpu", "hydra.mode=MULTIRUN", "trainer.strategy=ddp_spawn"],
+])
+def test_settings_that_run_here_pass(overrides):
+    check(*overrides)
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["trainer=ddp_cpu", "data.batch_size=63"],
+     "data.batch_size=63 (the global batch per optimizer step) does not split evenly over 2 "
+     "device(s) x trainer.accumulate_grad_batches=1; use a multiple of 2, e.g. data.batch_size=62"),
+    (["trainer.accumulate_grad_batches=4", "data.batch_size=30"],
+     "use a multiple of 4, e.g. data.batch_size=28"),
+    (["trainer.precision=16-mixed"],
+     "trainer.precision=16-mixed (float16 autocast with a gradient scaler) needs a CUDA GPU; "
+     "on the CPU use trainer.precision=bf16-mixed or 32-true"),
+    (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"],
+     "trainer.sync_batchnorm=true needs GPUs"),
+    (["trainer=ddp_cpu", "hydra.mode=MULTIRUN"],
+     "use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps"),
+])
+def test_settings_that_cannot_run_fail_with_the_fix(overrides, message):
+    with pytest.raises(HardwareError, match=re.escape(message)):
+        check(*overrides)
+
+
+def test_gpu_trainer_without_cuda_names_the_cpu_trainers(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(HardwareError, match=r"no CUDA GPU is visible .*use trainer=cpu"):
+        check("trainer=gpu")
+    with pytest.raises(HardwareError, match="no CUDA GPU is visible"):
+        check("trainer=ddp")
+
+
+def test_compile_without_a_cpp_compiler_fails_unless_the_backend_needs_none(monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(HardwareError, match="compile=true needs a C\\+\\+ compiler"):
+        check("compile=true")
+    check("compile={backend:aot_eager}")  # torch.compile kwargs: this backend generates no code
+
+
+def test_torchrun_or_srun_processes_need_one_shared_run_dir(monkeypatch):
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")
+    with pytest.raises(HardwareError, match=r"add hydra.run.dir=logs/<name>/runs/<id>"):
+        check("trainer=ddp_cpu")
+    check("trainer=ddp_cpu", "hydra.run.dir=/tmp/shared_run")
+    check("trainer=cpu")  # one process: nothing to share
+
+
+def test_world_size_counts_devices_times_nodes():
+    assert world_size({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
+    assert world_size({"accelerator": "cpu", "devices": "auto"}) == 1
+    assert world_size({"accelerator": "cpu", "devices": [0, 1, 2]}) == 3
+
+
+def test_run_rejects_a_bad_batch_split_before_any_work(make_cfg, tmp_path):
+    cfg = make_cfg("trainer=ddp_cpu", "data.batch_size=63")
+    with pytest.raises(HardwareError, match="data.batch_size=63"):
+        run(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_ddp_cpu_run_writes_one_run_and_reports_metrics_over_both_ranks(tmp_path):
+    logs = tmp_path / "logs"
+    result = run_cli("trainer=ddp_cpu", "trainer.max_epochs=1", "+trainer.limit_train_batches=3",
+                     f"paths.log_dir={logs}")
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "MEMBER: 2/2" in out  # really two processes
+
+    (run_dir,) = (logs / "train" / "runs").iterdir()  # the children wrote into the parent's dir
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+    (best,) = (run_dir / "checkpoints").glob("epoch*.ckpt")
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert out.count("Final metrics") == 1  # rank zero only
+
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        logged = [float(r["test/acc1"]) for r in csv.DictReader(f) if r.get("test/acc1")]
+    assert len(logged) == 1
+
+    # The logged accuracy is over the whole test split, not rank 0's half of it
+    cfg = compose_config([])
+    datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
+    module = CvTModule.load_from_checkpoint(best, weights_only=True)
+    evaluator = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False)
+    (full,) = evaluator.test(module, datamodule=datamodule, verbose=False)
+    assert len(datamodule.splits["test"]) % 2 == 0  # no DistributedSampler padding to undo
+    assert logged[0] == pytest.approx(full["test/acc1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_torchrun_processes_train_together_in_the_run_dir_they_are_given(tmp_path):
+    # what trainer=multinode does on each node: torchrun starts the processes and Lightning's
+    # TorchElasticEnvironment reads their ranks (run.py is not re-launched)
+    run_dir = tmp_path / "shared"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    result = subprocess.run(
+        [str(torchrun), "--standalone", "--nproc-per-node=2", str(ROOT / "run.py"),
+         "trainer=ddp_cpu", "logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+         "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+         f"hydra.run.dir={run_dir}"],
+        cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True,
+        timeout=600)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-3000:]
+    assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out
+    assert out.count("Final metrics") == 1
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()

@@ -1,0 +1,241 @@
+"""The training recipe: lr scaling, weight-decay groups, schedules, layer decay, gradient
+accumulation, EMA, bf16, channels_last, compile, and the experiment files running."""
+
+from __future__ import annotations
+
+import copy
+import math
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cvt_lab.models import create_model
+from cvt_lab.module import CvTModule
+from cvt_lab.optim import build_optimizer, build_scheduler, effective_lr, layer_id
+from cvt_lab.train import run
+
+TINY = {"name": "cvt_tiny", "projection": "linear"}  # no BatchNorm: batch splits are exact
+SGD = {"name": "sgd", "lr": 0.05, "ref_batch": None, "batch_size": 16, "momentum": 0.9}
+CONSTANT = {"name": "constant", "warmup_epochs": 0}
+
+
+def tiny_module(**kwargs) -> CvTModule:
+    torch.manual_seed(0)
+    args = {"model": TINY, "optimizer": SGD, "scheduler": CONSTANT, "num_classes": 10, **kwargs}
+    return CvTModule(**args)
+
+
+def loader(n: int = 16, batch: int = 16, seed: int = 1) -> DataLoader:
+    """Fixed (images, targets, labels) batches, the shape the DataModule hands the module."""
+    g = torch.Generator().manual_seed(seed)
+    images, labels = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, 10, (n,), generator=g)
+    return DataLoader(TensorDataset(images, labels, labels), batch_size=batch)
+
+
+def trainer(**kwargs) -> L.Trainer:
+    args = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
+    return L.Trainer(**{**args, **kwargs})
+
+
+# ---------------------------------------------------------------- optimizer
+
+def test_lr_scales_linearly_with_the_global_batch_or_is_absolute():
+    cfg = {"lr": 2.5e-4, "ref_batch": 256, "batch_size": 2048}
+    assert effective_lr(cfg) == pytest.approx(2e-3)  # the paper's CvT-13 at batch 2048
+    assert effective_lr({**cfg, "ref_batch": None}) == 2.5e-4
+
+
+def test_no_weight_decay_on_norms_biases_cls_token_and_position_embeddings():
+    net = create_model("cvt_tiny", pos_embed=[True, True, True])
+    opt = build_optimizer(net, {"name": "adamw", "lr": 1e-3, "ref_batch": None, "batch_size": 8,
+                                "weight_decay": 0.05})
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    names = dict(net.named_parameters())
+    assert len(decay_of) == len(names)  # every trainable parameter is optimised exactly once
+    for name, p in names.items():
+        exempt = p.ndim <= 1 or name.endswith(("cls_token", "pos_embed"))
+        assert decay_of[id(p)] == (0.0 if exempt else 0.05), name
+    assert decay_of[id(names["stage2.cls_token"])] == 0.0
+    assert decay_of[id(names["stage0.pos_embed"])] == 0.0
+    assert decay_of[id(names["head.weight"])] == 0.05
+
+
+def test_layer_decay_scales_lr_by_depth_from_the_head():
+    net = create_model("cvt_tiny")  # depths (1, 1, 2): 4 blocks, head at depth 5
+    depths = net.config.depths
+    assert layer_id("stage0.patch_embed.proj.weight", depths) == 0
+    assert layer_id("stage1.blocks.0.mlp.fc1.weight", depths) == 2
+    assert layer_id("stage2.cls_token", depths) == 2
+    assert layer_id("stage2.blocks.1.attn.proj.weight", depths) == 4
+    assert layer_id("head.weight", depths) == 5
+    opt = build_optimizer(net, {"name": "sgd", "lr": 0.1, "ref_batch": None, "batch_size": 8,
+                                "layer_decay": 0.5})
+    lr_of = {id(p): g["lr"] for g in opt.param_groups for p in g["params"]}
+    params = dict(net.named_parameters())
+    assert lr_of[id(params["head.weight"])] == pytest.approx(0.1)
+    assert lr_of[id(params["stage2.blocks.1.attn.proj.weight"])] == pytest.approx(0.05)
+    assert lr_of[id(params["stage0.patch_embed.proj.weight"])] == pytest.approx(0.1 * 0.5 ** 5)
+
+
+# ---------------------------------------------------------------- schedules
+
+def lrs(sched_cfg: dict, total: int, per_epoch: int, peak: float = 1e-3) -> list[float]:
+    opt_cfg = {"name": "adamw", "lr": peak, "ref_batch": None, "batch_size": 8}
+    optimizer = build_optimizer(nn.Linear(2, 2), opt_cfg)
+    scheduler = build_scheduler(optimizer, sched_cfg, opt_cfg, total, per_epoch)
+    values = []
+    for _ in range(total + 1):
+        values.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return values
+
+
+def test_warmup_cosine_at_start_warmup_end_midpoint_and_end():
+    # 2 warmup epochs of 10 steps from 1e-6, then cosine over 100 steps to 1e-5
+    v = lrs({"name": "cosine", "warmup_epochs": 2, "warmup_lr": 1e-6, "min_lr": 1e-5}, 120, 10)
+    assert v[0] == pytest.approx(1e-6)
+    assert v[10] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)  # linear half-way
+    assert v[20] == pytest.approx(1e-3)                     # warmup end = peak
+    assert v[70] == pytest.approx((1e-3 + 1e-5) / 2)        # cosine midpoint
+    assert v[120] == pytest.approx(1e-5)                    # min lr at the end
+    assert all(a >= b for a, b in zip(v[20:], v[21:]))      # decays monotonically
+
+
+def test_warmup_steps_win_over_epochs_and_constant_and_step_schedules():
+    v = lrs({"name": "constant", "warmup_epochs": 5, "warmup_steps": 4, "warmup_lr": 0.0}, 20, 10)
+    assert v[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    assert v[19] == pytest.approx(1e-3)
+    v = lrs({"name": "step", "warmup_epochs": 0, "milestones": [1, 3], "gamma": 0.1}, 40, 10)
+    assert (v[9], v[10], v[29], v[30]) == pytest.approx((1e-3, 1e-4, 1e-4, 1e-5))
+
+
+class RecordLR(L.Callback):
+    def __init__(self) -> None:
+        self.lrs: list[float] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append(optimizer.param_groups[0]["lr"])
+
+
+def test_schedule_steps_per_optimizer_step_under_gradient_accumulation():
+    # 4 batches x 2 epochs with accumulation 2 = 4 optimizer steps; warmup = 1 epoch = 2 steps
+    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 0.0}
+    module = tiny_module(scheduler=sched, optimizer={**SGD, "lr": 0.1})
+    record = RecordLR()
+    trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[record]).fit(
+        module, loader(n=32, batch=8))
+    assert record.lrs == pytest.approx([1e-4, (1e-4 + 0.1) / 2, 0.1, 0.05])
+
+
+# ---------------------------------------------------------------- accumulation
+
+def test_two_accumulated_half_batches_equal_one_full_batch_step():
+    base = tiny_module(label_smoothing=0.1)
+    full, accumulated = copy.deepcopy(base), copy.deepcopy(base)
+    trainer(max_steps=1).fit(full, loader(n=16, batch=16))
+    trainer(max_steps=1, accumulate_grad_batches=2).fit(accumulated, loader(n=16, batch=8))
+    moved = 0
+    for (name, a), b, start in zip(full.net.named_parameters(), accumulated.net.parameters(),
+                                   base.net.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7, msg=name)
+        moved += not torch.equal(a, start)
+    assert moved > 10  # the step really changed the weights
+
+
+# ---------------------------------------------------------------- EMA
+
+def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):
+    module = tiny_module(ema_decay=0.5, optimizer={**SGD, "lr": 0.5})
+    data = loader(n=32, batch=8)
+    trn = trainer(max_epochs=1, accumulate_grad_batches=2)
+    trn.fit(module, data)
+    assert int(module.ema.n_averaged) == 2  # one update per optimizer step, not per batch
+    raw, ema = dict(module.net.named_parameters()), dict(module.ema.module.named_parameters())
+    assert not all(torch.equal(raw[k], ema[k]) for k in raw)
+    assert not any(p.requires_grad for p in ema.values())
+
+    images, _, labels = next(iter(loader(n=16, batch=16, seed=7)))
+    module.eval()
+    with torch.no_grad():
+        ema_loss = F.cross_entropy(module.ema.module(images), labels).item()
+        raw_loss = F.cross_entropy(module.net(images), labels).item()
+    assert ema_loss != pytest.approx(raw_loss)
+    evaluator = trainer(limit_val_batches=1.0)
+    logged = evaluator.validate(module, loader(n=16, batch=16, seed=7), verbose=False)[0]["val/loss"]
+    assert logged == pytest.approx(ema_loss, rel=1e-5)
+
+    path = tmp_path / "ema.ckpt"
+    trn.save_checkpoint(path)
+    restored = CvTModule.load_from_checkpoint(path, weights_only=True).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(restored(images), module.ema.module(images))
+
+
+# ---------------------------------------------------------------- precision and layout
+
+def test_bf16_mixed_trains_on_cpu_with_channels_last():
+    module = tiny_module(channels_last=True)
+    head_dtypes, input_layouts = [], []
+    module.net.head.register_forward_hook(lambda m, i, o: head_dtypes.append(o.dtype))
+    module.net.stage0.patch_embed.proj.register_forward_hook(
+        lambda m, i, o: input_layouts.append(i[0].is_contiguous(memory_format=torch.channels_last)))
+    start = copy.deepcopy(module.net.state_dict())
+    trn = trainer(max_steps=3, precision="bf16-mixed")
+    trn.fit(module, loader(n=48, batch=16))
+    assert head_dtypes and set(head_dtypes) == {torch.bfloat16}  # autocast was on
+    assert all(input_layouts)
+    assert module.net.stage0.patch_embed.proj.weight.is_contiguous(memory_format=torch.channels_last)
+    assert math.isfinite(float(trn.callback_metrics["train/loss"]))
+    assert not torch.equal(start["head.weight"], module.net.head.weight)  # fp32 master weights moved
+    assert module.net.head.weight.dtype == torch.float32
+
+
+def test_compile_trains_and_checkpoint_loads_into_an_uncompiled_module(tmp_path):
+    # aot_eager: Dynamo capture + AOTAutograd (fwd/bwd graphs) in seconds; the default
+    # inductor backend adds C++ codegen (~90 s here) and is covered by benchmarks/bench_train.py
+    module = tiny_module(compile={"backend": "aot_eager"})
+    trn = trainer(max_steps=2)
+    trn.fit(module, loader(n=32, batch=16))
+    assert module.net._compiled_call_impl is not None  # really compiled (nn.Module.compile)
+    path = tmp_path / "compiled.ckpt"
+    trn.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not [k for k in state if "_orig_mod" in k]
+    plain = tiny_module()
+    plain.load_state_dict(state)  # strict: same keys as an uncompiled module
+    for name, tensor in module.state_dict().items():
+        torch.testing.assert_close(plain.state_dict()[name], tensor, msg=name)
+
+
+# ---------------------------------------------------------------- experiment files
+
+SMALL = ["model=cvt_tiny", "model.pretrained=null", "data=embedded", "trainer=cpu",
+         "data.image_size=32", "data.num_workers=0", "+trainer.limit_val_batches=2",
+         "+trainer.limit_test_batches=2"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("experiment", "overrides", "steps", "expect"), [
+    ("finetune_cifar100",  # SGD, warmup steps, clipping, 4-way accumulation: 12 batches = 3 steps
+     ["data.batch_size=32", "trainer.max_steps=3", "+trainer.limit_train_batches=12"], 3,
+     {"momentum": 0.9, "weight_decay": 0.0}),
+    ("cvt13_imagenet",     # AdamW with the paper's decay and lr per 256 scaled to the batch
+     ["data.batch_size=32", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"], 2,
+     {"betas": (0.9, 0.999), "weight_decay": 0.05, "initial_lr": 2.5e-4 * 32 / 256}),
+])
+def test_experiment_recipe_runs_a_few_steps(make_cfg, experiment, overrides, steps, expect):
+    cfg = make_cfg(f"experiment={experiment}", *SMALL, *overrides)
+    metrics = run(cfg)
+    assert math.isfinite(metrics["test/acc1"])
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == steps
+    group = ckpt["optimizer_states"][0]["param_groups"][0]
+    for key, value in expect.items():
+        assert group[key] == pytest.approx(value), key
