@@ -80,14 +80,19 @@ class EvalTransform:
     def __init__(self, size: int, crop_pct: float = 0.875, warp: bool = False) -> None:
         self.size, self.crop_pct, self.warp = size, crop_pct, warp
 
-    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+    def plan(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
+        """The two steps for a width x height image: the (w, h) it is resized to, then the
+        (left, top, right, bottom) box cropped from that (shown by ``viz.plot_eval_preprocessing``)."""
         if self.warp:
-            return to_uint8_tensor(img.resize((self.size, self.size), BICUBIC))
+            return (self.size, self.size), (0, 0, self.size, self.size)
         short = math.floor(self.size / self.crop_pct)
-        w, h = img.size
-        scale = short / min(w, h)
-        nw, nh = max(self.size, round(w * scale)), max(self.size, round(h * scale))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), BICUBIC)
+        scale = short / min(width, height)
+        nw, nh = max(self.size, round(width * scale)), max(self.size, round(height * scale))
         left, top = (nw - self.size) // 2, (nh - self.size) // 2
-        return to_uint8_tensor(img.crop((left, top, left + self.size, top + self.size)))
+        return (nw, nh), (left, top, left + self.size, top + self.size)
+
+    def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
+        resized, box = self.plan(*img.size)
+        if resized != img.size:
+            img = img.resize(resized, BICUBIC)
+        return to_uint8_tensor(img.crop(box))
