@@ -224,10 +224,7 @@ def to_csv(headers: list[str], rows: list[list[Any]]) -> str:
 
 def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
     """Bars per job/variant: the metric (with the paper's number), parameters and MACs."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     varying = varying_overrides(jobs)
     labels = [j.variant or " ".join(varying[j.name]) or j.name for j in jobs]
@@ -238,9 +235,9 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
     if any(j.macs for j in jobs):
         panels.append(("MACs per image (M)",
                        [math.nan if j.macs is None else j.macs / 1e6 for j in jobs]))
-    fig, axes = plt.subplots(1, len(panels), sharey=True,
-                             figsize=(4 + 3.5 * len(panels), 1.3 + 0.45 * len(jobs)),
-                             gridspec_kw={"width_ratios": [2] + [1] * (len(panels) - 1)})
+    fig = Figure(figsize=(4 + 3.5 * len(panels), 1.3 + 0.45 * len(jobs)))
+    axes = fig.subplots(1, len(panels), sharey=True,
+                        gridspec_kw={"width_ratios": [2] + [1] * (len(panels) - 1)})
     for ax, (xlabel, values) in zip(axes, panels):
         ax.barh(range(len(jobs)), [0 if math.isnan(v) else v for v in values],
                 color="tab:blue" if ax is axes[0] else "tab:gray")
@@ -257,7 +254,6 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return buf.getvalue()
 
 
