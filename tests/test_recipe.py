@@ -18,6 +18,7 @@ from cvt_lab.models import create_model
 from cvt_lab.module import CvTModule
 from cvt_lab.optim import build_optimizer, build_scheduler, effective_lr, layer_id
 from cvt_lab.train import run
+from data_helpers import make_folder
 
 TINY = {"name": "cvt_tiny", "projection": "linear"}  # no BatchNorm: batch splits are exact
 SGD = {"name": "sgd", "lr": 0.05, "ref_batch": None, "batch_size": 16, "momentum": 0.9}
@@ -216,7 +217,7 @@ def test_compile_trains_and_checkpoint_loads_into_an_uncompiled_module(tmp_path)
 
 # ---------------------------------------------------------------- experiment files
 
-SMALL = ["model=cvt_tiny", "model.pretrained=null", "data=embedded", "trainer=cpu",
+SMALL = ["model=cvt_tiny", "model.pretrained=null", "trainer=cpu",
          "data.image_size=32", "data.num_workers=0", "+trainer.limit_val_batches=2",
          "+trainer.limit_test_batches=2"]
 
@@ -229,8 +230,16 @@ SMALL = ["model=cvt_tiny", "model.pretrained=null", "data=embedded", "trainer=cp
     ("cvt13_imagenet",     # AdamW with the paper's decay and lr per 256 scaled to the batch
      ["data.batch_size=32", "trainer.max_epochs=1", "+trainer.limit_train_batches=2"], 2,
      {"betas": (0.9, 0.999), "weight_decay": 0.05, "initial_lr": 2.5e-4 * 32 / 256}),
+    ("finetune_folder",    # the same recipe on a user's folder (3 classes of PNGs)
+     ["data.batch_size=8", "trainer.max_steps=2", "+trainer.limit_train_batches=8"], 2,
+     {"momentum": 0.9, "initial_lr": 0.01 * 8 / 512}),  # 0.01 per 512, scaled to 8
 ])
-def test_experiment_recipe_runs_a_few_steps(make_cfg, experiment, overrides, steps, expect):
+def test_experiment_recipe_runs_a_few_steps(make_cfg, tmp_path, experiment, overrides, steps, expect):
+    if experiment == "finetune_folder":
+        root = make_folder(tmp_path / "images", {"train": 8, "val": 2, "test": 2})
+        overrides = [*overrides, f"data.root={root}"]
+    else:
+        overrides = [*overrides, "data=embedded"]
     cfg = make_cfg(f"experiment={experiment}", *SMALL, *overrides)
     metrics = run(cfg)
     assert math.isfinite(metrics["test/acc1"])
