@@ -17,9 +17,10 @@ class TrainThroughput(L.Callback):
 
     def __init__(self, skip: int = 1) -> None:
         self.skip = skip
+        self._images, self._seconds = 0, 0.0
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._images, self._seconds = 0, 0.0
+        self._images, self._seconds = 0, 0.0  # (a run resumed mid-epoch starts without this)
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
