@@ -9,23 +9,12 @@ import torch
 
 from cvt_lab.models import CvT, create_model, count_params, list_models, preset_config
 from cvt_lab.models.cvt import DropPath
+from model_helpers import randomise_bn
 
 
 def tiny(**overrides) -> CvT:
     torch.manual_seed(0)
     return create_model("cvt_tiny", num_classes=5, **overrides)
-
-
-def randomise_bn(model: torch.nn.Module) -> None:
-    """Non-trivial BatchNorm statistics, so eval mode differs from an identity BN."""
-    g = torch.Generator().manual_seed(1)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
 @pytest.mark.parametrize("name, params", [

@@ -13,6 +13,7 @@ import torch
 from cvt_lab.models import (CheckpointError, create_model, export_hf, load_pretrained,
                             read_checkpoint)
 from cvt_lab.models.keymap import rename_keys
+from model_helpers import randomise_bn
 
 transformers = pytest.importorskip("transformers")
 
@@ -25,17 +26,6 @@ class QuickGELU(torch.nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(1.702 * x)
-
-
-def randomise_bn(model: torch.nn.Module, seed: int = 1) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            n = m.num_features
-            m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
-            m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
-            m.bias.data.copy_(torch.rand(n, generator=g) - 0.5)
 
 
 def hf_model(seed: int = 0, **config):
