@@ -13,7 +13,10 @@ import lightning as L
 import pytest
 import torch
 
+from omegaconf import OmegaConf
+
 from conftest import ROOT, compose_config, run_cli
+from cvt_lab.data import ImageDataModule
 from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
 from cvt_lab.train import run
 
@@ -157,3 +160,30 @@ def test_loader_state_skips_the_batches_already_trained_on():
     assert len(seen) + len(resumed) == len(fresh)
     fresh.sampler.set_epoch(3)  # the skip applies to the interrupted epoch only
     assert len(list(fresh)) == 5
+
+
+def test_random_crops_are_replayed_exactly_when_an_epoch_is_resumed(tmp_path):
+    cfg = compose_config(["augment=basic", "augment.hflip=0.5", "data.batch_size=16"], tmp_path)
+
+    def loader():
+        dm = ImageDataModule(OmegaConf.to_container(cfg.data, resolve=True),
+                             OmegaConf.to_container(cfg.augment, resolve=True), seed=7)
+        dm.setup("fit")
+        return dm.train_dataloader()
+
+    first = loader()
+    first.sampler.set_epoch(1)
+    batches = iter(first)
+    next(batches), next(batches)
+    state = first.state_dict()
+    rest = [images for images, _, _ in batches]
+
+    resumed = loader()  # a new process would build it like this
+    resumed.load_state_dict(state)
+    replay = [images for images, _, _ in resumed]
+    assert len(replay) == len(rest) > 0
+    assert all(torch.equal(a, b) for a, b in zip(replay, rest))
+
+    dataset = resumed.dataset  # one image: the same crop for the same (epoch, index) ...
+    assert torch.equal(dataset[(1, 0)][0], dataset[(1, 0)][0])
+    assert not torch.equal(dataset[(1, 0)][0], dataset[(2, 0)][0])  # ... another next epoch

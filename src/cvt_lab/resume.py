@@ -89,11 +89,14 @@ class ResumableSampler(DistributedSampler):
 
     A ``DistributedSampler`` so Lightning keeps it under DDP instead of wrapping it (and
     calls :meth:`set_epoch` every epoch). ``num_replicas=1, rank=0`` on one device.
+    ``keyed=True`` yields ``(epoch, index)`` so the dataset can draw each sample's random
+    crop from that key: a resumed epoch then replays the same augmentation too.
     """
 
     def __init__(self, dataset: Any, num_replicas: int = 1, rank: int = 0, shuffle: bool = True,
-                 seed: int = 0) -> None:
+                 seed: int = 0, keyed: bool = False) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed)
+        self.keyed = keyed
         self._skip: tuple[int, int] | None = None  # (epoch, samples of it already consumed)
 
     def skip(self, epoch: int, samples: int) -> None:
@@ -106,7 +109,7 @@ class ResumableSampler(DistributedSampler):
         if self._skip is not None and self._skip[0] == self.epoch:
             indices = indices[self._skip[1]:]
         self._skip = None
-        return iter(indices)
+        return iter([(self.epoch, i) for i in indices] if self.keyed else indices)
 
 
 class ResumableLoader(DataLoader):

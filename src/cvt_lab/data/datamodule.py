@@ -40,9 +40,11 @@ class SampleDecoder:
             self._rng, self._rng_seed = random.Random(seed), seed
         return self._rng
 
-    def __call__(self, row: dict[str, Any]) -> tuple[torch.Tensor | None, Any]:
+    def __call__(self, row: dict[str, Any], rng: random.Random | None = None
+                 ) -> tuple[torch.Tensor | None, Any]:
         try:
-            return self.transform(decode_image(row["image"], self.max_pixels), self.rng()), int(row["label"])
+            image = decode_image(row["image"], self.max_pixels)
+            return self.transform(image, rng or self.rng()), int(row["label"])
         except ImageDecodeError as err:
             if not self.skip_corrupt:
                 raise
@@ -50,16 +52,25 @@ class SampleDecoder:
 
 
 class ImageDataset(torch.utils.data.Dataset):
-    """Map-style: decodes one row in the worker and applies the per-sample transform."""
+    """Map-style: decodes one row in the worker and applies the per-sample transform.
 
-    def __init__(self, rows: Dataset, decoder: SampleDecoder) -> None:
-        self.rows, self.decoder = rows, decoder
+    Given an ``(epoch, index)`` key (the training sampler's), the sample's random crop and
+    flip come from an RNG seeded by (seed, epoch, index): the same in any worker, and the
+    same again when an interrupted epoch is resumed.
+    """
+
+    def __init__(self, rows: Dataset, decoder: SampleDecoder, seed: int = 0) -> None:
+        self.rows, self.decoder, self.seed = rows, decoder, seed
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, Any]:
-        return self.decoder(self.rows[index])
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor | None, Any]:
+        if isinstance(key, tuple):
+            epoch, index = key
+            # a str seed is hashed with SHA-512: stable across processes and Python runs
+            return self.decoder(self.rows[index], random.Random(f"{self.seed}:{epoch}:{index}"))
+        return self.decoder(self.rows[key])
 
 
 def collate(samples: list[tuple[torch.Tensor | None, Any]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -148,11 +159,12 @@ class ImageDataModule(L.LightningDataModule):
             dataset = StreamingImages(stream, decoder, length)
             return DataLoader(dataset, drop_last=train, num_workers=workers,
                               persistent_workers=workers > 0, **common)
-        dataset = ImageDataset(self.splits[split], decoder)
+        dataset = ImageDataset(self.splits[split], decoder, self.seed)
         options = dict(num_workers=workers, persistent_workers=workers > 0, **common)
         if train:
             # order fixed by (seed, epoch), position saved in checkpoints: exact mid-epoch resume
-            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed)
+            sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed,
+                                       keyed=True)
             return ResumableLoader(dataset, sampler=sampler, drop_last=len(dataset) >= batch,
                                    generator=torch.Generator().manual_seed(self.seed), **options)
         sampler = None
