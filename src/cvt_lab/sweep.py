@@ -38,8 +38,7 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> d
         write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
                                        "traceback": traceback.format_exc()})
         log.error("Job failed (%s); traceback in %s", err, out / FAILED_FILE)
-        _finish_wandb(exit_code=1)
-        raise
+        raise  # (train.run has closed the job's W&B run)
     write_json(out / METRICS_FILE, {k: v for k, v in metrics.items() if math.isfinite(v)})
     return metrics
 
@@ -78,14 +77,6 @@ def sqlite_storage(path: str) -> str:
 
 def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
-
-
-def _finish_wandb(exit_code: int) -> None:
-    """Close a W&B run the failed job left open, so the next sweep job does not reuse it."""
-    import wandb
-
-    if wandb.run is not None:
-        wandb.finish(exit_code=exit_code)
 
 
 __all__ = ["run_job", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",

@@ -54,22 +54,22 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
                        channels_last=cfg.get("channels_last", False))
     loggers = instantiate_all(cfg.get("logger"))
-    guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
-    callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
-    if not loggers:  # logger=none: an lr monitor has nowhere to write
-        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    plugins = [*(hydra.utils.instantiate(cfg.trainer.get("plugins")) or []), AtomicCheckpointIO()]
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
-                                                 callbacks=callbacks, plugins=plugins)
-    n_params = count_params(module.net)
-    macs = count_macs(module.net, cfg.data.image_size)
-    rank_zero_info(f"Model {cfg.model.name}: {n_params:,} parameters, "
-                   f"{macs / 1e9:.3f} GMACs per {cfg.data.image_size} px image")
-    for logger in loggers:
-        logger.log_hyperparams({"config": plain(cfg), "git_commit": git_commit(),
-                                "params": n_params, "gmacs": macs / 1e9})
-
-    try:
+    try:  # from here on a W&B run may exist: close it whatever happens
+        guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
+        callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
+        if not loggers:  # logger=none: an lr monitor has nowhere to write
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        plugins = [*(hydra.utils.instantiate(cfg.trainer.get("plugins")) or []),
+                   AtomicCheckpointIO()]
+        trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, logger=loggers or False,
+                                                     callbacks=callbacks, plugins=plugins)
+        n_params = count_params(module.net)
+        macs = count_macs(module.net, cfg.data.image_size)
+        rank_zero_info(f"Model {cfg.model.name}: {n_params:,} parameters, "
+                       f"{macs / 1e9:.3f} GMACs per {cfg.data.image_size} px image")
+        for logger in loggers:
+            logger.log_hyperparams({"config": plain(cfg), "git_commit": git_commit(),
+                                    "params": n_params, "gmacs": macs / 1e9})
         if cfg.train:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
