@@ -13,13 +13,13 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .models import CvT, create_model
+from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
 
 
 def build_network(model_cfg: dict[str, Any], num_classes: int) -> CvT:
     """``model`` config -> CvT. Null knobs keep the preset's value."""
-    knobs = {k: v for k, v in model_cfg.items()
-             if v is not None and k not in ("name", "pretrained", "grad_checkpointing")}
+    knobs = architecture_overrides(model_cfg)
     if model_cfg.get("pretrained"):
         knobs["pretrained"] = model_cfg["pretrained"]
     net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)

@@ -82,16 +82,12 @@ def read_metrics(job_dir: Path) -> dict[str, float]:
 
 
 @functools.lru_cache(maxsize=None)
-def _model_cost(model_json: str, num_classes: int, img_size: int) -> tuple[int, int | None]:
+def _model_cost(model_json: str, num_classes: int, img_size: int) -> tuple[int, int]:
+    from .models import count_macs, count_params
     from .module import build_network
 
     net = build_network({**json.loads(model_json), "pretrained": None}, num_classes)
-    params = sum(p.numel() for p in net.parameters())
-    try:
-        from .models.flops import count_macs
-    except ImportError:  # the counter ships with the models package from v0.2 on
-        return params, None
-    return params, int(count_macs(net, img_size))
+    return count_params(net), int(count_macs(net, img_size))
 
 
 def model_cost(cfg: DictConfig) -> tuple[int | None, int | None]:

@@ -97,9 +97,9 @@ def _check_run_mode(cfg: DictConfig) -> None:
 
 def _check_model(cfg: DictConfig) -> None:
     from .models import preset_config  # imports torch: keep the module light for run.py
+    from .models.config import architecture_overrides
 
-    knobs = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items()
-             if v is not None and k not in ("name", "pretrained", "grad_checkpointing")}
+    knobs = architecture_overrides(OmegaConf.to_container(cfg.model, resolve=True))
     try:
         # the class count (null for folders until the data is read) does not shape the body
         model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1, **knobs)

@@ -119,6 +119,18 @@ class CvTConfig:
             raise ValueError("num_classes must be >= 0 (0 means no classifier head)")
 
 
+# Keys of a `model` config group (conf/model/) that choose or wrap a model, not shape it.
+NON_ARCHITECTURE_KEYS = ("name", "pretrained", "grad_checkpointing")
+
+
+def architecture_overrides(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The :class:`CvTConfig` overrides in a `model` config: every set (non-null) knob.
+
+    Unknown keys are kept, so a misspelt knob fails in :meth:`CvTConfig.build` by name.
+    """
+    return {k: v for k, v in model_cfg.items() if v is not None and k not in NON_ARCHITECTURE_KEYS}
+
+
 def _is_per_stage(f: dataclasses.Field) -> bool:
     return str(f.type).startswith("tuple")
 
@@ -156,4 +168,4 @@ def preset_config(name: str, **overrides: Any) -> CvTConfig:
     return CvTConfig.build(**{**PRESETS[name], **overrides})
 
 
-__all__ = ["CvTConfig", "PRESETS", "preset_config"]
+__all__ = ["CvTConfig", "PRESETS", "architecture_overrides", "preset_config"]
