@@ -7,7 +7,10 @@ CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 thread
   the median of per-rep ratios, so machine noise hits both alike. Peak memory is measured
   in a fresh subprocess per (implementation, mode): the RSS high-water mark during two steps
   above the RSS before them (Linux ``/proc/self/clear_refs``; glibc is told to return large
-  blocks to the OS so RSS follows live tensors).
+  blocks to the OS so RSS follows live tensors). "own process" rows time each implementation
+  alone in fresh processes (alternating, ``--own-process`` rounds): the steady state a
+  training loop sees, without the allocator churn that interleaving two models causes.
+  ``--compile`` adds compiled-vs-compiled rows (inductor; over a minute per model here).
 GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
   from ``torch.cuda.max_memory_allocated``; MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
   (27.2 = 3 passes x 2 FLOP/MAC x 4.53 GMACs, the paper's CvT-13 cost).
@@ -168,12 +171,16 @@ def _status_kb(field: str) -> int:
     raise KeyError(field)
 
 
-def memory_worker(impl: str, mode: str, path: Path, batch: int, img: int, threads: int) -> None:
-    """Runs in a fresh process: prints the RSS peak above the pre-step RSS, in MiB."""
-    torch.set_num_threads(threads)
+def _worker_step(impl: str, mode: str, path: Path, args: argparse.Namespace):
+    torch.set_num_threads(args.threads)
     torch.manual_seed(1)
-    x, y = torch.randn(batch, 3, img, img), torch.randint(0, 1000, (batch,))
-    step = make_step(load(impl, path), x, y, train=mode == "train", amp=False)
+    x, y = torch.randn(args.batch, 3, args.img, args.img), torch.randint(0, 1000, (args.batch,))
+    return make_step(load(impl, path), x, y, train=mode == "train", amp=False)
+
+
+def memory_worker(impl: str, mode: str, path: Path, args: argparse.Namespace) -> None:
+    """Runs in a fresh process: prints the RSS peak above the pre-step RSS, in MiB."""
+    step = _worker_step(impl, mode, path, args)
     step()  # optimizer state and one-off caches are not part of a step's peak
     before = _status_kb("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # reset the high-water mark to now
@@ -183,12 +190,45 @@ def memory_worker(impl: str, mode: str, path: Path, batch: int, img: int, thread
     print(json.dumps({"peak_mib": (peak - before) / 1024, "rss_before_mib": before / 1024}))
 
 
-def measure_memory(impl: str, mode: str, path: Path, args: argparse.Namespace) -> dict:
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "PYTHONPATH": str(ROOT / "src")}
-    cmd = [sys.executable, __file__, "--_memory", impl, mode, str(path), "--batch",
-           str(args.batch), "--img", str(args.img), "--threads", str(args.threads)]
+def own_process_worker(impl: str, mode: str, path: Path, args: argparse.Namespace) -> None:
+    """Runs in a fresh process: img/s of one implementation alone, after two warm-up steps.
+    This is what a user's training loop sees: no other model's tensors come and go between
+    steps, so the allocator settles (interleaving in one process favours the model that
+    allocates less, since each switch hands memory back and forth)."""
+    step = _worker_step(impl, mode, path, args)
+    step()
+    step()
+    t0 = time.perf_counter()
+    for _ in range(args.own_steps):
+        step()
+    print(json.dumps({"img_s": args.batch * args.own_steps / (time.perf_counter() - t0)}))
+
+
+def _subprocess(kind: str, impl: str, mode: str, path: Path, args: argparse.Namespace,
+                env: dict[str, str] | None = None) -> dict:
+    cmd = [sys.executable, __file__, f"--_{kind}", impl, mode, str(path), "--batch",
+           str(args.batch), "--img", str(args.img), "--threads", str(args.threads),
+           "--own-steps", str(args.own_steps)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), **(env or {})}
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def measure_memory(impl: str, mode: str, path: Path, args: argparse.Namespace) -> dict:
+    return _subprocess("memory", impl, mode, path, args, {"MALLOC_MMAP_THRESHOLD_": "65536"})
+
+
+def measure_own_process(mode: str, path: Path, args: argparse.Namespace) -> dict:
+    """Each implementation alone in fresh processes, alternating which goes first; the
+    speed-up is the median of per-round ratios."""
+    rates: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    for r in range(args.own_process):
+        for impl in (IMPLS if r % 2 == 0 else IMPLS[::-1]):
+            rates[impl].append(_subprocess("own", impl, mode, path, args)["img_s"])
+    return {"rounds": args.own_process, "steps": args.own_steps, "per_round": rates,
+            "ours_img_s": statistics.median(rates["ours"]),
+            "transformers_img_s": statistics.median(rates["transformers"]),
+            "speedup": statistics.median(a / b for a, b in zip(rates["ours"], rates["transformers"]))}
 
 
 # ---------------------------------------------------------------- runs
@@ -204,46 +244,45 @@ def machine() -> dict:
     return info
 
 
-def run_cpu(args: argparse.Namespace, path: Path) -> dict:
-    torch.set_num_threads(args.threads)
+def run(args: argparse.Namespace, path: Path) -> dict:
+    """Eager rows always; compiled rows on GPU, and on CPU with --compile (each compile takes
+    over a minute on 2 cores). Peak memory: RSS in a fresh process on CPU (eager only),
+    ``max_memory_allocated`` on GPU."""
+    device = torch.device(args.device)
+    cpu = device.type == "cpu"
+    if cpu:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(1)
-    x, y = torch.randn(args.batch, 3, args.img, args.img), torch.randint(0, 1000, (args.batch,))
-    models = {impl: load(impl, path) for impl in IMPLS}
-    diff = check_equal(models, x, y)
-    result = {"max_logit_diff": diff}
-    for mode in ("forward", "train"):
-        steps = {n: make_step(m, x, y, train=mode == "train", amp=False) for n, m in models.items()}
-        result[mode] = summarise(interleaved_throughput(steps, args.batch, args.reps, args.iters,
-                                                        torch.device("cpu")))
-        for impl in IMPLS:
-            result[mode][f"{impl}_peak_mib"] = measure_memory(impl, mode, path, args)["peak_mib"]
-    return result
-
-
-def run_gpu(args: argparse.Namespace, path: Path) -> dict:
-    device = torch.device("cuda")
     x = torch.randn(args.batch, 3, args.img, args.img, device=device)
     y = torch.randint(0, 1000, (args.batch,), device=device)
-    name = torch.cuda.get_device_name()
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-        (v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
-    result: dict = {"peak_bf16_flops": peak}
-    for compiled in (False, True):
+    result: dict = {}
+    peak = None
+    if not cpu:
+        name = torch.cuda.get_device_name()
+        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
+            (v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        result["peak_bf16_flops"] = peak
+    for compiled in (False, True) if (args.compile or not cpu) else (False,):
         models = {impl: load(impl, path).to(device) for impl in IMPLS}
-        check_equal(models, x[:8], y[:8])
+        result["max_logit_diff"] = check_equal(models, x[:8], y[:8])
         if compiled:
             models = {n: torch.compile(m) for n, m in models.items()}
         for mode in ("forward", "train"):
-            steps = {n: make_step(m, x, y, train=mode == "train", amp=True) for n, m in models.items()}
+            steps = {n: make_step(m, x, y, train=mode == "train", amp=not cpu) for n, m in models.items()}
             summary = summarise(interleaved_throughput(steps, args.batch, args.reps, args.iters, device))
-            for impl in IMPLS:  # peak of one step on its own
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                steps[impl]()
-                sync(device)
-                summary[f"{impl}_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+            for impl in IMPLS:
+                if cpu and not compiled:
+                    summary[f"{impl}_peak_mib"] = measure_memory(impl, mode, path, args)["peak_mib"]
+                elif not cpu:  # peak of one step on its own
+                    torch.cuda.empty_cache()
+                    torch.cuda.reset_peak_memory_stats()
+                    steps[impl]()
+                    sync(device)
+                    summary[f"{impl}_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
                 if mode == "train" and peak:
                     summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * TRAIN_FLOPS_PER_IMG / peak
+            if cpu and not compiled and args.own_process:
+                summary["own_process"] = measure_own_process(mode, path, args)
             result[f"{mode}{'_compiled' if compiled else ''}"] = summary
     return result
 
@@ -256,11 +295,17 @@ def table(result: dict) -> str:
         if not isinstance(r, dict) or "speedup" not in r:
             continue
         mfu = f" (MFU {r['ours_mfu']:.1%} vs {r['transformers_mfu']:.1%})" if "ours_mfu" in r else ""
-        rows.append(f"| {mode} | {r['ours_img_s']:.2f} | {r['transformers_img_s']:.2f} | "
-                    f"{r['speedup']:.2f}x{mfu} | {r['cpu_speedup']:.2f}x | {r['ours_peak_mib']:.0f} | "
-                    f"{r['transformers_peak_mib']:.0f} | "
-                    f"{r['ours_peak_mib'] / r['transformers_peak_mib']:.2f} | "
-                    f"{0 if r['contended'] else r['reps_used']}/{len(r['per_rep']['ours']['img_s'])} |")
+        memory = ["-", "-", "-"]
+        if "ours_peak_mib" in r:
+            memory = [f"{r['ours_peak_mib']:.0f}", f"{r['transformers_peak_mib']:.0f}",
+                      f"{r['ours_peak_mib'] / r['transformers_peak_mib']:.2f}"]
+        quiet = f"{0 if r['contended'] else r['reps_used']}/{len(r['per_rep']['ours']['img_s'])}"
+        rows.append(f"| {mode}, interleaved | {r['ours_img_s']:.2f} | {r['transformers_img_s']:.2f} | "
+                    f"{r['speedup']:.2f}x{mfu} | {r['cpu_speedup']:.2f}x | {' | '.join(memory)} | {quiet} |")
+        if "own_process" in r:
+            o = r["own_process"]
+            rows.append(f"| {mode}, own process | {o['ours_img_s']:.2f} | {o['transformers_img_s']:.2f} | "
+                        f"{o['speedup']:.2f}x | - | - | - | - | {o['rounds']} rounds |")
     return "\n".join(rows)
 
 
@@ -305,17 +350,25 @@ def main() -> None:
     p.add_argument("--doc", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--no-doc", action="store_true")
     p.add_argument("--smoke", action="store_true", help="a tiny CvT instead of CvT-13 (tests)")
+    p.add_argument("--compile", action="store_true",
+                   help="CPU: also time torch.compile'd models (always on with CUDA)")
+    p.add_argument("--own-process", type=int, default=3, metavar="ROUNDS",
+                   help="CPU: also time each implementation alone in fresh processes, "
+                        "alternating, this many rounds (0: skip)")
+    p.add_argument("--own-steps", type=int, default=6, help="timed steps per own-process run")
     p.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_own", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.batch is None:
         args.batch = 128 if args.device == "cuda" else 8
-    if args._memory:
-        impl, mode, path = args._memory
-        return memory_worker(impl, mode, Path(path), args.batch, args.img, args.threads)
+    if args._memory or args._own:
+        impl, mode, path = args._memory or args._own
+        worker = memory_worker if args._memory else own_process_worker
+        return worker(impl, mode, Path(path), args)
     transformers.logging.set_verbosity_error()
     with tempfile.TemporaryDirectory() as tmp:
         save_reference(Path(tmp), args.smoke)
-        result = (run_gpu if args.device == "cuda" else run_cpu)(args, Path(tmp))
+        result = run(args, Path(tmp))
     report = {
         "date": dt.datetime.now().isoformat(timespec="minutes"),
         "command": "PYTHONPATH=src python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),

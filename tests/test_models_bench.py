@@ -14,14 +14,15 @@ pytest.importorskip("transformers")
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # ~15 s on a quiet machine: five fresh interpreters import transformers
+@pytest.mark.slow  # ~25 s on a quiet machine: nine fresh interpreters import transformers
 def test_bench_model_runs_and_writes_its_table(tmp_path):
     doc = tmp_path / "benchmarks.md"
     doc.write_text("# Benchmarks\n\n## Model\n\nintro\n\n<!-- bench_model:cpu-1t:begin -->\nold\n"
                    "<!-- bench_model:cpu-1t:end -->\n\n## Data\n\nkept\n")
     out = tmp_path / "model_cpu.json"
     cmd = [sys.executable, str(ROOT / "benchmarks" / "bench_model.py"), "--device", "cpu",
-           "--smoke", "--img", "32", "--batch", "2", "--reps", "2", "--iters", "1", "--threads", "1", "--json", str(out),
+           "--smoke", "--img", "32", "--batch", "2", "--reps", "2", "--iters", "1", "--threads", "1", "--own-process", "1",
+           "--own-steps", "1", "--json", str(out),
            "--doc", str(doc)]
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
     subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=300)
@@ -29,6 +30,9 @@ def test_bench_model_runs_and_writes_its_table(tmp_path):
     for mode in ("forward", "train"):
         r = report["result"][mode]
         assert r["ours_img_s"] > 0 and r["transformers_img_s"] > 0 and r["ours_peak_mib"] >= 0
+        own = r["own_process"]  # each implementation alone in a fresh process
+        assert own["rounds"] == 1 and own["ours_img_s"] > 0 and own["transformers_img_s"] > 0
     text = doc.read_text()
-    assert "old" not in text and "| train |" in text and "## Data\n\nkept" in text
+    assert "old" not in text and "## Data\n\nkept" in text
+    assert "| train, interleaved |" in text and "| train, own process |" in text
     assert report["settings"]["train_step"].startswith("zero_grad")
