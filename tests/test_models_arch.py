@@ -154,6 +154,17 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, plain[n], msg=n)
 
 
+def test_every_gradient_has_its_parameters_strides():
+    """DDP lays its gradient buckets out like the parameters and warns (and copies) on every
+    step when a gradient's strides differ: the depthwise convs' weights are made to match."""
+    model = create_model("cvt13", num_classes=10, img_size=64)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+    clone = create_model("cvt13", num_classes=10, img_size=64)
+    clone.load_state_dict(model.state_dict())  # loading keeps the strides
+    for (name, p), q in zip(model.named_parameters(), clone.parameters()):
+        assert p.grad.stride() == p.stride() == q.stride(), name
+
+
 def test_fuse_bn_keeps_eval_outputs():
     model = tiny()
     randomise_bn(model)

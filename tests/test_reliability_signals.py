@@ -22,25 +22,35 @@ def wandb_ids(run_dir: Path) -> set[str]:
     return {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
 
 
+def terminate_mid_training(overrides: list[str], run_dir: Path) -> tuple[str, Path]:
+    """Starts ``run.py`` and sends it SIGTERM once the first epoch's last.ckpt exists (so
+    training is under way); returns the output and that checkpoint's path."""
+    proc = subprocess.Popen(
+        [sys.executable, str(ROOT / "run.py"), *overrides, "trainer.max_epochs=1000",
+         f"hydra.run.dir={run_dir}"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    last = run_dir / "checkpoints/last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        out, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:  # a hang is the failure this guards against
+        proc.kill()
+        pytest.fail("run.py did not exit within 120 s of SIGTERM:\n" + proc.communicate()[0][-3000:])
+    assert proc.returncode == 143, out[-3000:]
+    assert f"Checkpoint saved to {last}" in out and "resume=auto" in out
+    assert "Traceback" not in out
+    return out, last
+
+
 @pytest.mark.slow
 def test_sigterm_saves_last_ckpt_exits_143_and_resume_continues_the_wandb_run(tmp_path):
     logs = tmp_path / "logs"
     common = ["logger=default", *TINY, "task_name=preempt", f"paths.log_dir={logs}", "test=false"]
     first = logs / "preempt/runs/1"
-    proc = subprocess.Popen(
-        [sys.executable, str(ROOT / "run.py"), *common, "trainer.max_epochs=1000",
-         f"hydra.run.dir={first}"], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    last = first / "checkpoints/last.ckpt"
-    deadline = time.monotonic() + 300
-    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.5)  # training has started once the first epoch's last.ckpt is written
-    proc.send_signal(signal.SIGTERM)
-    out, _ = proc.communicate(timeout=300)
-
-    assert proc.returncode == 143, out[-3000:]
-    assert f"Checkpoint saved to {last}" in out and "resume=auto" in out
-    assert "Traceback" not in out
+    _, last = terminate_mid_training(common, first)
     state = torch.load(last, weights_only=True)
     assert state["global_step"] >= 3 and state["wandb_run_id"]
     assert wandb_ids(first) == {state["wandb_run_id"]}
@@ -52,6 +62,31 @@ def test_sigterm_saves_last_ckpt_exits_143_and_resume_continues_the_wandb_run(tm
     assert resumed["epoch"] == state["epoch"] + 1
     assert wandb_ids(second) == {state["wandb_run_id"]}  # the same W&B run continues
     assert resumed["wandb_run_id"] == state["wandb_run_id"]
+
+
+@pytest.mark.slow
+def test_sigterm_under_ddp_stops_both_ranks_with_one_checkpoint_and_resumes(tmp_path):
+    """Two gloo ranks: both stop at the same step (the ranks agree on the signal after each
+    batch), rank 0 writes one last.ckpt, and resume=auto continues it under DDP again.
+    With Lightning's own handler this hung when the signal landed in an epoch-end sync."""
+    logs = tmp_path / "logs"
+    common = ["logger=csv", "trainer=ddp_cpu", *TINY, "task_name=ddp_preempt",
+              f"paths.log_dir={logs}", "test=false"]
+    out, last = terminate_mid_training(common, logs / "ddp_preempt/runs/1")
+    assert "Grad strides do not match bucket view strides" not in out
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] >= 3 and state["optimizer_states"]
+
+    second = logs / "ddp_preempt/runs/2"
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *common, "resume=auto",
+         f"trainer.max_epochs={state['epoch'] + 2}", f"hydra.run.dir={second}"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert f"resume=auto: continuing from {last}" in result.stdout + result.stderr
+    resumed = torch.load(second / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["epoch"] == state["epoch"] + 1
+    assert resumed["global_step"] == 3 * (state["epoch"] + 2)  # 3 steps an epoch, none lost
 
 
 def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):

@@ -4,12 +4,14 @@ before exit, and a clear stop (keeping the last good checkpoint) on a non-finite
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.imports import _IS_WINDOWS
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -58,6 +60,13 @@ class RunGuard(L.Callback):
     records the W&B run id in every checkpoint so a resumed run continues it; restores the
     train loader's position on resume. Always on (added by ``cvt_lab.train.run``).
 
+    Under DDP, a SIGTERM must stop every rank at the same step, or the ranks meet different
+    collectives (one saving the checkpoint, another in the next step) and hang. Lightning's
+    own handler broadcasts from inside the signal handler, which hangs when the signal lands
+    during another collective (seen here: during an epoch-end metric sync). So the handler
+    only notes the signal (and forwards it to the other local ranks, as Lightning does); the
+    ranks agree on it after each training batch, together, and then stop at the same point.
+
     Args:
         dirpath: the run's checkpoint directory (where ``last.ckpt`` lives).
     """
@@ -65,6 +74,7 @@ class RunGuard(L.Callback):
     def __init__(self, dirpath: str) -> None:
         self.dirpath = Path(dirpath)
         self.sigterm_checkpoint: str | None = None
+        self._sigterm_pending = False
 
     @property
     def last(self) -> Path:
@@ -80,6 +90,25 @@ class RunGuard(L.Callback):
         # builds it before. Load it now (a no-op when Lightning already did); the loader is
         # lazy, so nothing has been fetched yet.
         trainer.fit_loop._load_combined_loader_states()
+        if not _IS_WINDOWS:  # Lightning installed its handlers before this hook runs
+            self._sigterm_pending = False
+            signal.signal(signal.SIGTERM, lambda signum, frame: self._note_sigterm(trainer, signum))
+
+    def _note_sigterm(self, trainer: L.Trainer, signum: int) -> None:
+        """No collectives here: a signal handler can run in the middle of one."""
+        if not self._sigterm_pending and trainer.strategy.launcher is not None:
+            trainer.strategy.launcher.kill(signum)  # the local ranks this process started
+        self._sigterm_pending = True
+        if trainer.world_size == 1:
+            trainer._signal_connector.received_sigterm = True  # Lightning stops after the step
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
+                self._sigterm_pending, all=False):
+            # every rank sets it at this same step; Lightning raises SIGTERMException on each
+            # before the next batch (after validation, if one is due, which checks it too)
+            trainer._signal_connector.received_sigterm = True
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            loss: torch.Tensor) -> None:
@@ -107,7 +136,7 @@ class RunGuard(L.Callback):
                      exception: BaseException) -> None:
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return  # after fit (testing) the model holds the best weights, not the last ones
-        trainer.save_checkpoint(self.last)
+        trainer.save_checkpoint(self.last, weights_only=False)  # the full state, to resume
         self.sigterm_checkpoint = str(self.last)
         rank_zero_info(
             f"Stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}). "

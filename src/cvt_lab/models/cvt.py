@@ -84,6 +84,11 @@ class ConvProjection(nn.Module):
         self.kernel, self.stride, self.padding = kernel, stride, padding
         if method == "dw_bn":
             self.conv = nn.Conv2d(dim, dim, kernel, stride, padding, groups=dim, bias=False)
+            # The conv sees channels-last maps, so its weight gradient comes back with
+            # channels-last strides. Give the weight those strides (the same memory order:
+            # dim 1 has size 1) so DDP's gradient buckets match it instead of warning.
+            w = self.conv.weight.data
+            self.conv.weight.data = w.as_strided(w.shape, (kernel * kernel, 1, kernel, 1))
             self.bn = nn.BatchNorm2d(dim)
         elif method == "avg":
             self.pool = nn.AvgPool2d(kernel, stride, padding, ceil_mode=True)
