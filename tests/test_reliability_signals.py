@@ -1,10 +1,12 @@
 """Pre-emption: SIGTERM writes last.ckpt and exits cleanly (status 143); resume=auto then
-continues the same W&B run; under SLURM, SIGUSR1 saves a checkpoint and requeues the job."""
+continues the same W&B run; under SLURM, SIGUSR1 saves a checkpoint and requeues the job.
+Both also under DDP, where the ranks must act on a signal at the same step."""
 
 from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -89,13 +91,18 @@ def test_sigterm_under_ddp_stops_both_ranks_with_one_checkpoint_and_resumes(tmp_
     assert resumed["global_step"] == 3 * (state["epoch"] + 2)  # 3 steps an epoch, none lost
 
 
-def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):
+def fake_scontrol(tmp_path: Path) -> str:
+    """A PATH with a stand-in ``scontrol`` that records its arguments in scontrol.log."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    scontrol = bin_dir / "scontrol"  # a stand-in that records how it was called
+    scontrol = bin_dir / "scontrol"
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> {tmp_path}/scontrol.log\n')
     scontrol.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+
+
+def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", fake_scontrol(tmp_path))
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cvt", "SLURM_JOB_ID": "4242",
                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
         monkeypatch.setenv(key, value)
@@ -110,3 +117,45 @@ def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeyp
     assert torch.load(hpc, weights_only=True)["global_step"] == 2
     os.utime(hpc)  # the requeued job (same command + resume=auto) continues from it
     assert find_resume_checkpoint(logs, "slurm") == str(hpc)
+
+
+@pytest.mark.slow
+def test_slurm_requeue_under_ddp_with_the_signal_reaching_ranks_apart(tmp_path):
+    """Two srun-style tasks get SIGUSR1 0.3 s apart (SLURM signals each task on its own).
+    Lightning's handler checkpoints (a barrier) inside the signal handler: here that hung
+    rank 0 in 3 of 3 tries. The ranks now agree after a batch and requeue once, together."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    run_dir = tmp_path / "run"
+    procs = []
+    for rank in (0, 1):
+        env = {**os.environ, "PATH": fake_scontrol(tmp_path) if rank == 0 else os.environ["PATH"],
+               "PYTHONUNBUFFERED": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+               "SLURM_JOB_NAME": "cvt", "SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank),
+               "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_NNODES": "1",
+               "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+        procs.append(subprocess.Popen(
+            [sys.executable, str(ROOT / "run.py"), "logger=csv", "trainer=ddp_cpu", *TINY,
+             "test=false", "trainer.max_epochs=30", f"hydra.run.dir={run_dir}"],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    deadline = time.monotonic() + 300
+    while not (run_dir / "checkpoints/last.ckpt").exists() and time.monotonic() < deadline \
+            and all(p.poll() is None for p in procs):
+        time.sleep(0.3)  # training is under way once the first epoch's last.ckpt exists
+    for proc in procs:
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(0.3)
+    outs = []
+    for proc in procs:
+        try:
+            outs.append(proc.communicate(timeout=150)[0])
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail("a rank hung after SIGUSR1:\n" + proc.communicate()[0][-3000:])
+        assert proc.returncode == 0, outs[-1][-3000:]
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]  # once
+    (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
+    state = torch.load(hpc, weights_only=True)
+    assert state["global_step"] >= 3 and state["optimizer_states"]

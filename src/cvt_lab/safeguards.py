@@ -11,6 +11,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.fabric.utilities.imports import _IS_WINDOWS
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.loggers import WandbLogger
@@ -54,18 +55,27 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
+def _slurm_requeue_signal(trainer: L.Trainer) -> int | None:
+    """The signal on which Lightning checkpoints and requeues a SLURM job, if it does."""
+    env = trainer._accelerator_connector.cluster_environment
+    return env.requeue_signal if isinstance(env, SLURMEnvironment) and env.auto_requeue else None
+
+
 class RunGuard(L.Callback):
     """Saves ``<dirpath>/last.ckpt`` when SIGTERM stops training; stops with a clear message
     when the loss is NaN/inf (before the bad update) and never writes non-finite weights;
     records the W&B run id in every checkpoint so a resumed run continues it; restores the
     train loader's position on resume. Always on (added by ``cvt_lab.train.run``).
 
-    Under DDP, a SIGTERM must stop every rank at the same step, or the ranks meet different
-    collectives (one saving the checkpoint, another in the next step) and hang. Lightning's
-    own handler broadcasts from inside the signal handler, which hangs when the signal lands
-    during another collective (seen here: during an epoch-end metric sync). So the handler
-    only notes the signal (and forwards it to the other local ranks, as Lightning does); the
-    ranks agree on it after each training batch, together, and then stop at the same point.
+    Under DDP, a signal must be acted on by every rank at the same step, or the ranks meet
+    different collectives (one saving a checkpoint, another in the next step) and hang.
+    Lightning's handlers run collectives inside the signal handler (SIGTERM: a broadcast;
+    SLURM's requeue signal: the checkpoint's barrier), which hangs when the signal lands
+    during another collective or reaches the ranks at different moments (both seen here).
+    So during fit the handlers only note the signal (SIGTERM is also forwarded to the local
+    ranks this process started, as Lightning does); after each training batch the ranks
+    agree on what was noted, together, and act at that same point: SIGTERM stops them,
+    the requeue signal runs Lightning's requeue (checkpoint, ``scontrol requeue``).
 
     Args:
         dirpath: the run's checkpoint directory (where ``last.ckpt`` lives).
@@ -75,6 +85,8 @@ class RunGuard(L.Callback):
         self.dirpath = Path(dirpath)
         self.sigterm_checkpoint: str | None = None
         self._sigterm_pending = False
+        self._requeue_pending = False
+        self._requeued = False  # once per job: a rank signalled a moment late must not repeat it
 
     @property
     def last(self) -> Path:
@@ -90,9 +102,14 @@ class RunGuard(L.Callback):
         # builds it before. Load it now (a no-op when Lightning already did); the loader is
         # lazy, so nothing has been fetched yet.
         trainer.fit_loop._load_combined_loader_states()
-        if not _IS_WINDOWS:  # Lightning installed its handlers before this hook runs
-            self._sigterm_pending = False
-            signal.signal(signal.SIGTERM, lambda signum, frame: self._note_sigterm(trainer, signum))
+        if _IS_WINDOWS:
+            return
+        # Lightning installed its handlers before this hook runs; replace them for the fit
+        self._sigterm_pending = self._requeue_pending = self._requeued = False
+        signal.signal(signal.SIGTERM, lambda signum, frame: self._note_sigterm(trainer, signum))
+        requeue = _slurm_requeue_signal(trainer)
+        if requeue is not None and trainer.world_size > 1:  # one process: Lightning's is safe
+            signal.signal(requeue, lambda signum, frame: setattr(self, "_requeue_pending", True))
 
     def _note_sigterm(self, trainer: L.Trainer, signum: int) -> None:
         """No collectives here: a signal handler can run in the middle of one."""
@@ -104,10 +121,17 @@ class RunGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.world_size > 1 and trainer.strategy.reduce_boolean_decision(
-                self._sigterm_pending, all=False):
-            # every rank sets it at this same step; Lightning raises SIGTERMException on each
-            # before the next batch (after validation, if one is due, which checks it too)
+        if trainer.world_size == 1:
+            return
+        noted = torch.tensor([self._sigterm_pending, self._requeue_pending], dtype=torch.float32,
+                             device=trainer.strategy.root_device)
+        sigterm, requeue = (trainer.strategy.reduce(noted, reduce_op="sum") > 0).tolist()
+        if requeue and not self._requeued:  # all ranks at this step: checkpoint, rank 0 requeues
+            self._requeued = True
+            trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
+        if sigterm:
+            # Lightning raises SIGTERMException on every rank before the next batch (after
+            # validation, if one is due, which checks it too)
             trainer._signal_connector.received_sigterm = True
 
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
