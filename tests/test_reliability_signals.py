@@ -68,8 +68,8 @@ def test_sigterm_saves_last_ckpt_exits_143_and_resume_continues_the_wandb_run(tm
 
 @pytest.mark.slow
 def test_sigterm_under_ddp_stops_both_ranks_with_one_checkpoint_and_resumes(tmp_path):
-    """Two gloo ranks: both stop at the same step (the ranks agree on the signal after each
-    batch), rank 0 writes one last.ckpt, and resume=auto continues it under DDP again.
+    """Two gloo ranks: both stop at the same step (the ranks agree on the signal within each
+    step), rank 0 writes one last.ckpt, and resume=auto continues it under DDP again.
     With Lightning's own handler this hung when the signal landed in an epoch-end sync."""
     logs = tmp_path / "logs"
     common = ["logger=csv", "trainer=ddp_cpu", *TINY, "task_name=ddp_preempt",
@@ -123,7 +123,7 @@ def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeyp
 def test_slurm_requeue_under_ddp_with_the_signal_reaching_ranks_apart(tmp_path):
     """Two srun-style tasks get SIGUSR1 0.3 s apart (SLURM signals each task on its own).
     Lightning's handler checkpoints (a barrier) inside the signal handler: here that hung
-    rank 0 in 3 of 3 tries. The ranks now agree after a batch and requeue once, together."""
+    rank 0 in 3 of 3 tries. The ranks now agree within a step and requeue once, together."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]

@@ -73,9 +73,10 @@ class RunGuard(L.Callback):
     SLURM's requeue signal: the checkpoint's barrier), which hangs when the signal lands
     during another collective or reaches the ranks at different moments (both seen here).
     So during fit the handlers only note the signal (SIGTERM is also forwarded to the local
-    ranks this process started, as Lightning does); after each training batch the ranks
-    agree on what was noted, together, and act at that same point: SIGTERM stops them,
-    the requeue signal runs Lightning's requeue (checkpoint, ``scontrol requeue``).
+    ranks this process started, as Lightning does); in each training step the ranks agree on
+    what was noted (in the all-reduce that already checks the loss) and act at that same
+    step: SIGTERM stops them after it, the requeue signal runs Lightning's requeue
+    (checkpoint, ``scontrol requeue``) at its end.
 
     Args:
         dirpath: the run's checkpoint directory (where ``last.ckpt`` lives).
@@ -85,7 +86,8 @@ class RunGuard(L.Callback):
         self.dirpath = Path(dirpath)
         self.sigterm_checkpoint: str | None = None
         self._sigterm_pending = False
-        self._requeue_pending = False
+        self._requeue_pending = False  # noted by this rank's handler
+        self._requeue_agreed = False  # agreed by all ranks at this step
         self._requeued = False  # once per job: a rank signalled a moment late must not repeat it
 
     @property
@@ -105,7 +107,8 @@ class RunGuard(L.Callback):
         if _IS_WINDOWS:
             return
         # Lightning installed its handlers before this hook runs; replace them for the fit
-        self._sigterm_pending = self._requeue_pending = self._requeued = False
+        self._sigterm_pending = self._requeue_pending = self._requeue_agreed = False
+        self._requeued = False
         signal.signal(signal.SIGTERM, lambda signum, frame: self._note_sigterm(trainer, signum))
         requeue = _slurm_requeue_signal(trainer)
         if requeue is not None and trainer.world_size > 1:  # one process: Lightning's is safe
@@ -119,31 +122,33 @@ class RunGuard(L.Callback):
         if trainer.world_size == 1:
             trainer._signal_connector.received_sigterm = True  # Lightning stops after the step
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
-                           outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.world_size == 1:
-            return
-        noted = torch.tensor([self._sigterm_pending, self._requeue_pending], dtype=torch.float32,
-                             device=trainer.strategy.root_device)
-        sigterm, requeue = (trainer.strategy.reduce(noted, reduce_op="sum") > 0).tolist()
-        if requeue and not self._requeued:  # all ranks at this step: checkpoint, rank 0 requeues
-            self._requeued = True
-            trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
-        if sigterm:
-            # Lightning raises SIGTERMException on every rank before the next batch (after
-            # validation, if one is due, which checks it too)
-            trainer._signal_connector.received_sigterm = True
-
     def on_before_backward(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            loss: torch.Tensor) -> None:
-        bad = trainer.strategy.reduce_boolean_decision(not bool(torch.isfinite(loss).all()),
-                                                       all=False)
+        # one all-reduce a step carries the loss check and the signals noted on any rank
+        noted = [not bool(torch.isfinite(loss).all()), self._sigterm_pending, self._requeue_pending]
+        if trainer.world_size > 1:
+            summed = trainer.strategy.reduce(
+                torch.tensor(noted, dtype=torch.float32, device=trainer.strategy.root_device),
+                reduce_op="sum")
+            noted = (summed > 0).tolist()
+        bad, sigterm, self._requeue_agreed = noted
         if bad:
             batch = trainer.fit_loop.epoch_loop.batch_idx
             raise NonFiniteError(
                 f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch}): training stopped before this update; "
                 f"{self._kept()}. {FIXES}")
+        if sigterm:
+            # set on every rank at this same step; Lightning raises SIGTERMException on each
+            # once the step is done (after validation, if one is due, which checks it too)
+            trainer._signal_connector.received_sigterm = True
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           outputs: Any, batch: Any, batch_idx: int) -> None:
+        # acted on after the optimizer step, so the checkpoint holds a whole step
+        if self._requeue_agreed and not self._requeued:  # every rank: checkpoint, rank 0 requeues
+            self._requeued = True
+            trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
