@@ -2,7 +2,8 @@
 
 CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 threads.
   - forward: eval mode under no_grad;
-  - train step: zero_grad + forward + cross-entropy + backward + AdamW step.
+  - train step: zero_grad + forward + cross-entropy + backward + AdamW step (fused, as
+    cvt-lab's optimizer config runs it; the same optimizer for both).
   The two implementations alternate rep by rep (the order flips each rep) and the ratio is
   the median of per-rep ratios, so machine noise hits both alike. Peak memory is measured
   in a fresh subprocess per (implementation, mode): the RSS high-water mark during two steps
@@ -80,7 +81,7 @@ def logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def make_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, train: bool, amp: bool):
     """One forward (eval, no_grad) or one full training step, as a closure."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-6) if train else None
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=True) if train else None
     model.train(train)
 
     def step() -> torch.Tensor:
@@ -382,7 +383,7 @@ def main() -> None:
         "settings": {"model": "smoke" if args.smoke else "cvt13", "device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "fp32",
                      "batch": args.batch, "img": args.img, "threads": args.threads,
                      "reps": args.reps, "iters": args.iters,
-                     "train_step": "zero_grad + forward + cross-entropy + backward + AdamW step"},
+                     "train_step": "zero_grad + forward + cross-entropy + backward + fused AdamW step"},
         "result": result,
     }
     suffix = "cuda" if args.device == "cuda" else f"cpu_{args.threads}t"

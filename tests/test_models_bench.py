@@ -36,3 +36,24 @@ def test_bench_model_runs_and_writes_its_table(tmp_path):
     assert "old" not in text and "## Data\n\nkept" in text
     assert "| train, interleaved |" in text and "| train, own process |" in text
     assert report["settings"]["train_step"].startswith("zero_grad")
+
+
+def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path):
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_model import save_reference
+    from op_breakdown import OTHER, breakdown, category, table
+
+    assert category("addmm") == category("mm") == "matmul (Linear and explicit attention)"
+    assert category("_scaled_dot_product_flash_attention_for_cpu_backward") == "fused attention (SDPA)"
+    assert category("gelu_backward") == "GELU" and category("add") == OTHER
+    save_reference(tmp_path, smoke=True)
+    results = {impl: breakdown(impl, tmp_path, batch=2, steps=1, img=32)
+               for impl in ("ours", "transformers")}
+    ours, theirs = results["ours"]["op_ms"], results["transformers"]["op_ms"]
+    # ours runs SDPA and no softmax; transformers' CvT computes attention explicitly
+    assert ours["forward/fused attention (SDPA)"] > 0 and ours["backward/fused attention (SDPA)"] > 0
+    assert not any("softmax" in k for k in ours) and theirs["forward/softmax"] > 0
+    for r in results.values():  # each phase is seen, and the parts add up to the total
+        assert {k.split("/")[0] for k in r["op_ms"]} == {"forward", "backward", "optimizer"}
+        assert r["ops_total_ms"] == pytest.approx(sum(r["op_ms"].values()))
+    assert "| **all ops** |" in table(results)

@@ -84,6 +84,25 @@ def test_layer_decay_scales_lr_by_depth_from_the_head():
     assert lr_of[id(params["stage0.patch_embed.proj.weight"])] == pytest.approx(0.1 * 0.5 ** 5)
 
 
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_configured_optimizers_are_fused_and_step_like_the_per_tensor_loop(make_cfg, optimizer):
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.to_container(make_cfg(f"optimizer={optimizer}").optimizer, resolve=True)
+    assert cfg["fused"] is True
+    nets = [create_model("cvt_tiny") for _ in range(2)]
+    nets[1].load_state_dict(nets[0].state_dict())
+    opts = [build_optimizer(nets[0], cfg), build_optimizer(nets[1], {**cfg, "fused": None})]
+    assert opts[0].defaults["fused"] and not opts[1].defaults["fused"]
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    for net, opt in zip(nets, opts):  # one step: equal gradients, so equal updates
+        F.cross_entropy(net(x), y).backward()
+        opt.step()
+    for (name, a), b in zip(nets[0].named_parameters(), nets[1].parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7, msg=name)
+    assert not torch.equal(nets[0].head.weight, create_model("cvt_tiny").head.weight)
+
+
 # ---------------------------------------------------------------- schedules
 
 def lrs(sched_cfg: dict, total: int, per_epoch: int, peak: float = 1e-3) -> list[float]:

@@ -59,12 +59,14 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
     for group in groups:
         group["lr"] = lr * group["lr_scale"]
     name = cfg["name"]
+    # fused: one kernel over all parameters (CPU and CUDA); null keeps PyTorch's default loop
+    fused = cfg.get("fused")
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=tuple(cfg.get("betas", (0.9, 0.999))),
-                                 eps=cfg.get("eps", 1e-8))
+                                 eps=cfg.get("eps", 1e-8), fused=fused)
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9),
-                               nesterov=cfg.get("nesterov", False))
+                               nesterov=cfg.get("nesterov", False), fused=fused)
     raise ValueError(f"unknown optimizer.name '{name}'; choose adamw or sgd")
 
 
