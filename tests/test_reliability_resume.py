@@ -20,6 +20,7 @@ from cvt_lab.data import ImageDataModule
 from cvt_lab.module import CvTModule
 from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
 from cvt_lab.train import run
+from cvt_lab.validate import ConfigError
 
 # Tiny and deterministic: 3 batches of 8 per epoch, one val batch, no sanity check.
 TINY = ["trainer.deterministic=true", "data.batch_size=8", "+trainer.limit_train_batches=3",
@@ -198,3 +199,16 @@ def test_a_checkpoint_carries_the_best_val_accuracy_into_the_resumed_run(one_epo
     resumed.on_load_checkpoint(ckpt)  # what Lightning calls when fit resumes from ckpt_path
     resumed.val_acc1_best.update(torch.tensor(0.0))  # a worse epoch after the resume
     assert resumed.val_acc1_best.compute().item() == pytest.approx(trained["val/acc1_best"])
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch, tmp_path):
+    first, _ = one_epoch
+    last = first / "checkpoints/last.ckpt"
+    with pytest.raises(ConfigError) as refused:
+        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}",
+                        "model.depths=[1,1,1]", "ema_decay=0.999"], tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={last} holds another model than this config builds")
+    assert "model.depths=None (this config: [1, 1, 1])" in message
+    assert "ema_decay=None (this config: 0.999)" in message
+    assert not (tmp_path / "csv").exists()  # refused before any logger started
