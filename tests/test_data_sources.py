@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from datasets import DatasetDict
 from omegaconf import OmegaConf
 
 from cvt_lab.data import DataSourceError, ImageDataModule, load_splits
@@ -68,7 +69,8 @@ def test_imagenet_schema_uses_validation_for_val_and_test(make_cfg, tmp_path):
 
 def test_missing_column_names_the_keys_to_set(make_cfg, tmp_path):
     cifar_like().save_to_disk(str(tmp_path / "cifar"))
-    cfg = data_cfg(make_cfg, tmp_path, "data=imagenet", f"data.path={tmp_path / 'cifar'}")
+    cfg = data_cfg(make_cfg, tmp_path, "data=imagenet", f"data.path={tmp_path / 'cifar'}",
+                   "data.splits.val=test", "data.splits.test=test")  # splits it has: columns are wrong
     with pytest.raises(DataSourceError, match=r"no column\(s\) \['image', 'label'\].*data.image_column"):
         load_splits(cfg)
 
@@ -154,3 +156,11 @@ def test_labels_out_of_range_name_the_fix(tmp_path):
     ds = cifar_like()["train"].rename_column("fine_label", "label")
     with pytest.raises(DataSourceError, match=r"range over \[0, 4\] but data.num_classes=3; set data.num_classes=5"):
         check_labels(ds, 3, "tiny/train")
+
+
+def test_a_mapped_split_the_copy_lacks_is_refused_not_carved(make_cfg, tmp_path):
+    save_parquet(DatasetDict(train=imagenet_like()["train"]), tmp_path / "inet")  # no validation
+    cfg = data_cfg(make_cfg, tmp_path, "data=imagenet", f"data.path={tmp_path / 'inet'}")
+    with pytest.raises(DataSourceError, match=r"data.splits.val=validation but the dataset has "
+                                              r"the splits \['train'\]"):
+        load_splits(cfg)

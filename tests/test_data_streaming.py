@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+from datasets import Value
 from omegaconf import OmegaConf
 
 from cvt_lab.data import ImageDataModule, load_splits
 from cvt_lab.data.datamodule import SampleDecoder
+from cvt_lab.data.errors import DataSourceError
 from cvt_lab.data.streaming import StreamingImages, split_stream
 from cvt_lab.data.transforms import EvalTransform
 from data_helpers import imagenet_like, save_parquet
@@ -33,3 +36,17 @@ def test_stream_is_split_by_rank_and_train_steps_match(make_cfg, tmp_path):
     batches = list(loader)
     assert len(loader) == len(batches) == 4  # 9 samples // batch 2, last partial batch dropped
     assert batches[0][0].shape == (2, 3, 8, 8)
+
+
+def test_a_streamed_label_out_of_range_names_the_fix(make_cfg, tmp_path):
+    # int labels (no ClassLabel): nothing at setup can tell that 700 > num_classes
+    splits = imagenet_like(n_train=4, n_val=2).cast_column("label", Value("int64"))
+    save_parquet(splits, tmp_path / "inet")
+    cfg = OmegaConf.to_container(make_cfg("data=imagenet", f"data.path={tmp_path / 'inet'}",
+                                          "data.streaming=true", "data.train_examples=4",
+                                          "data.num_classes=10", "data.batch_size=2",
+                                          "data.image_size=8", "data.num_workers=0").data, resolve=True)
+    dm = ImageDataModule(cfg, {})
+    dm.setup()
+    with pytest.raises(DataSourceError, match=r"label 700 .* outside \[0, 10\) \(data.num_classes=10\)"):
+        list(dm.val_dataloader())

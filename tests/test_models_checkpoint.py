@@ -232,3 +232,19 @@ def test_unreadable_sources_fail_clearly(tmp_path):
     torch.save({"stage0.weird.weight": torch.zeros(1)}, tmp_path / "odd.pth")
     with pytest.raises(CheckpointError, match="not a CvT"):
         create_model(pretrained=tmp_path / "odd.pth")
+
+
+def test_a_training_checkpoint_with_ema_loads_its_ema_weights(tmp_path):
+    from cvt_lab.module import CvTModule
+
+    torch.manual_seed(0)
+    trained = CvTModule(model={"name": "cvt_tiny"}, optimizer={}, scheduler={}, num_classes=10,
+                        ema_decay=0.9)
+    with torch.no_grad():  # the EMA differs from the trained weights, as after any training
+        for p in trained.net.parameters():
+            p.add_(1.0)
+    path = tmp_path / "last.ckpt"
+    torch.save({"epoch": 3, "state_dict": trained.state_dict()}, path)
+    model = create_model("cvt_tiny", num_classes=10, pretrained=path)
+    for k, v in trained.ema.module.state_dict().items():  # what val/test used
+        assert torch.equal(model.state_dict()[k], v), k

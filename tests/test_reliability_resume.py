@@ -17,8 +17,10 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, run_cli
 from cvt_lab.data import ImageDataModule
+from cvt_lab.module import CvTModule
 from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
 from cvt_lab.train import run
+from cvt_lab.validate import ConfigError
 
 # Tiny and deterministic: 3 batches of 8 per epoch, one val batch, no sanity check.
 TINY = ["trainer.deterministic=true", "data.batch_size=8", "+trainer.limit_train_batches=3",
@@ -187,3 +189,26 @@ def test_random_crops_are_replayed_exactly_when_an_epoch_is_resumed(tmp_path):
     dataset = resumed.dataset  # one image: the same crop for the same (epoch, index) ...
     assert torch.equal(dataset[(1, 0)][0], dataset[(1, 0)][0])
     assert not torch.equal(dataset[(1, 0)][0], dataset[(2, 0)][0])  # ... another next epoch
+
+
+def test_a_checkpoint_carries_the_best_val_accuracy_into_the_resumed_run(one_epoch):
+    """val/acc1_best (the sweep objective) must not restart from the resumed epochs."""
+    first, trained = one_epoch
+    ckpt = torch.load(first / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    resumed = CvTModule(**ckpt["hyper_parameters"])
+    resumed.on_load_checkpoint(ckpt)  # what Lightning calls when fit resumes from ckpt_path
+    resumed.val_acc1_best.update(torch.tensor(0.0))  # a worse epoch after the resume
+    assert resumed.val_acc1_best.compute().item() == pytest.approx(trained["val/acc1_best"])
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch, tmp_path):
+    first, _ = one_epoch
+    last = first / "checkpoints/last.ckpt"
+    with pytest.raises(ConfigError) as refused:
+        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}",
+                        "model.depths=[1,1,1]", "ema_decay=0.999"], tmp_path)
+    message = str(refused.value)
+    assert message.startswith(f"ckpt_path={last} holds another model than this config builds")
+    assert "model.depths=None (this config: [1, 1, 1])" in message
+    assert "ema_decay=None (this config: 0.999)" in message
+    assert not (tmp_path / "csv").exists()  # refused before any logger started

@@ -16,6 +16,8 @@ from .models import CvT, create_model
 from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
 
+BEST_KEY = "val_acc1_best"  # top-level key of our checkpoints: the best val/acc1 so far
+
 
 def build_network(model_cfg: dict[str, Any], num_classes: int) -> CvT:
     """``model`` config -> CvT. Null knobs keep the preset's value."""
@@ -150,6 +152,15 @@ class CvTModule(L.LightningModule):
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
             self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False, sync_dist=True)
+
+    # MaxMetric's state is not in the state dict: without these a resumed run's val/acc1_best
+    # (the sweep objective) would forget the epochs before the interruption
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[BEST_KEY] = self.val_acc1_best.max_value.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if BEST_KEY in checkpoint:
+            self.val_acc1_best.max_value = checkpoint[BEST_KEY].to(self.val_acc1_best.max_value)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")

@@ -21,7 +21,7 @@ from .module import CvTModule
 from .resume import resolve_ckpt_path, resume_wandb, wandb_run_id
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
 from .utils import git_commit, print_summary
-from .validate import ConfigError, validate
+from .validate import ConfigError, check_checkpoint_fits, validate
 
 # Errors whose message says what to do: run.py prints them without a traceback.
 CLEAR_ERRORS = (ConfigError, DataSourceError, ImageDecodeError, NonFiniteError)
@@ -53,6 +53,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0),
                        ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
                        channels_last=cfg.get("channels_last", False))
+    check_checkpoint_fits(ckpt_path, module)
     loggers = instantiate_all(cfg.get("logger"))
     try:  # from here on a W&B run may exist: close it whatever happens
         guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")

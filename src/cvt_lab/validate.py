@@ -218,6 +218,35 @@ def check_checkpoint(path: str | None) -> None:
                           "model.pretrained=<file> instead")
 
 
+def check_checkpoint_fits(path: str | None, module: Any) -> None:
+    """Refuse a checkpoint of another model, class count or EMA setting by what differs,
+    before training or testing starts, instead of Lightning's strict load listing every key."""
+    if path is None:
+        return
+    import torch
+
+    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    theirs, ours = ckpt["state_dict"], module.state_dict()
+    misfits = ([f"{k} missing" for k in ours if k not in theirs]
+               + [f"{k} unexpected" for k in theirs if k not in ours]
+               + [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(ours[k].shape)}"
+                  for k in ours if k in theirs and theirs[k].shape != ours[k].shape])
+    if not misfits:
+        return
+    saved, now = ckpt.get("hyper_parameters") or {}, module.hparams
+    diffs = [f"model.{k}={v!r} (this config: {now['model'].get(k)!r})"
+             for k, v in (saved.get("model") or {}).items()
+             if k != "pretrained" and v != now["model"].get(k)]
+    diffs += [f"{k}={saved[k]!r} (this config: {now.get(k)!r})" for k in ("num_classes", "ema_decay")
+              if k in saved and saved[k] != now.get(k)]
+    raise ConfigError(
+        f"ckpt_path={path} holds another model than this config builds ({len(misfits)} "
+        f"weights differ, e.g. {'; '.join(misfits[:3])}). "
+        + (f"It was trained with {', '.join(diffs)}. " if diffs else "")
+        + "Give the same model/data overrides as its training run (its run dir's "
+          ".hydra/overrides.yaml); to start from its weights instead use model.pretrained=<file>")
+
+
 # ------------------------------------------------------------------------ CLI hints
 
 

@@ -25,10 +25,16 @@ log = logging.getLogger(__name__)
 
 
 class SampleDecoder:
-    """One row -> (uint8 image, label), or (None, why) for an unreadable image when skipping."""
+    """One row -> (uint8 image, label), or (None, why) for an unreadable image when skipping.
 
-    def __init__(self, transform: Any, skip_corrupt: bool = False, max_pixels: int | None = None) -> None:
+    ``num_classes``: refuse a label outside [0, num_classes) here, naming the fix (streams are
+    not scanned at setup; the loss would fail with an index error or a CUDA assert).
+    """
+
+    def __init__(self, transform: Any, skip_corrupt: bool = False, max_pixels: int | None = None,
+                 num_classes: int | None = None) -> None:
         self.transform, self.skip_corrupt, self.max_pixels = transform, skip_corrupt, max_pixels
+        self.num_classes = num_classes
         self._rng: random.Random | None = None
         self._rng_seed: int | None = None
 
@@ -42,9 +48,16 @@ class SampleDecoder:
 
     def __call__(self, row: dict[str, Any], rng: random.Random | None = None
                  ) -> tuple[torch.Tensor | None, Any]:
+        label = int(row["label"])
+        if self.num_classes is not None and not 0 <= label < self.num_classes:
+            where = (row["image"] or {}).get("path") or "a row"
+            raise DataSourceError(
+                f"label {label} of {where} is outside [0, {self.num_classes}) (data.num_classes="
+                f"{self.num_classes}); set data.num_classes to the dataset's class count "
+                "(or fix the labels)")
         try:
             image = decode_image(row["image"], self.max_pixels)
-            return self.transform(image, rng or self.rng()), int(row["label"])
+            return self.transform(image, rng or self.rng()), label
         except ImageDecodeError as err:
             if not self.skip_corrupt:
                 raise
@@ -124,7 +137,7 @@ class ImageDataModule(L.LightningDataModule):
             raise DataSourceError(
                 f"{self.cfg['name']} has {len(self.class_names)} classes but data.num_classes="
                 f"{self.num_classes}; set data.num_classes={len(self.class_names)}")
-        if not self.streaming:  # a stream's labels are checked as they arrive (by the loss)
+        if not self.streaming:  # a stream's labels are checked as they arrive (SampleDecoder)
             for name, ds in self.splits.items():
                 check_labels(ds, self.num_classes, f"{self.cfg['name']}/{name}")
 
@@ -145,7 +158,7 @@ class ImageDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         decoder = SampleDecoder(self.transform(train), self.cfg.get("skip_corrupt", False),
-                                self.cfg.get("max_image_pixels"))
+                                self.cfg.get("max_image_pixels"), self.num_classes)
         batch = self.micro_batch_size()
         workers = self.cfg.get("num_workers", 0)
         world = self.trainer.world_size if self.trainer else 1

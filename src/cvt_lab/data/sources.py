@@ -150,8 +150,15 @@ def standardise(splits: DatasetDict | IterableDatasetDict, cfg: dict[str, Any], 
 
 
 def _pick_splits(splits: Any, names: dict[str, str]) -> dict[str, Any]:
+    """Our split -> the dataset's. A split named in data.splits must exist: carving it from
+    train instead would silently report, e.g., ImageNet "test" numbers on training images."""
     out = {}
     for ours in ("train", "val", "test"):
+        if names.get(ours) and names[ours] not in splits:
+            raise DataSourceError(
+                f"data.splits.{ours}={names[ours]} but the dataset has the splits {list(splits)}; "
+                f"map it to one of them (data.splits.{ours}=<name>), or set data.splits.{ours}=null "
+                "to carve it from train")
         candidates = [names[ours]] if names.get(ours) else ([ours] + list(VAL_NAMES) * (ours == "val"))
         for theirs in candidates:
             if theirs in splits:

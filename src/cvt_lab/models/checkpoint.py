@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest the weights
 _PREFIXES = ("module.", "model.", "net.")  # DDP / LightningModule attribute names
+_EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 
 
@@ -105,6 +106,8 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
         obj = inner
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"'{source}' is not a state dict of tensors")
+    if any(k.startswith(_EMA) for k in obj):  # cvt-lab trained with ema_decay: net.* and ema.*
+        obj = {k[len(_EMA):]: v for k, v in obj.items() if k.startswith(_EMA)}  # what it evaluated
     while obj and (prefix := next((p for p in _PREFIXES if all(k.startswith(p) for k in obj)), None)):
         obj = {k[len(prefix):]: v for k, v in obj.items()}
     return obj
