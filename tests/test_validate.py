@@ -76,6 +76,7 @@ def test_class_names_must_match_num_classes(tmp_path):
 
 @pytest.mark.parametrize(("overrides", "message"), [
     (["train=false"], "train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>"),
+    (["train=false", "test=false", "ckpt_path=x.ckpt"], "train=false test=false would run nothing"),
     (["resume=auto", "ckpt_path=x.ckpt"], "give either resume=auto or ckpt_path=<file.ckpt>, not both"),
     (["resume=yes"], "resume='yes': use resume=auto"),
     (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),

@@ -93,6 +93,9 @@ def _check_run_mode(cfg: DictConfig) -> None:
         raise ConfigError("resume=auto continues training: it needs train=true")
     if not cfg.train and not cfg.get("ckpt_path"):
         raise ConfigError("train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>")
+    if not cfg.train and not cfg.get("test", True):
+        raise ConfigError("train=false test=false would run nothing: set test=true to evaluate "
+                          "ckpt_path, or train=true to train")
 
 
 def _check_model(cfg: DictConfig) -> None:
