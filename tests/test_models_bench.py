@@ -56,4 +56,5 @@ def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path
     for r in results.values():  # each phase is seen, and the parts add up to the total
         assert {k.split("/")[0] for k in r["op_ms"]} == {"forward", "backward", "optimizer"}
         assert r["ops_total_ms"] == pytest.approx(sum(r["op_ms"].values()))
-    assert "| **all ops** |" in table(results)
+        assert r["matmul_isolated_ms"] > 0  # the step's matmuls, re-run alone
+    assert "| **all ops** |" in table(results) and "each run alone" in table(results)
