@@ -134,6 +134,17 @@ def test_patch_token_embedding_and_projection_ablations_run():
     assert tiny(token_embed="patch").stage0.patch_embed.proj.kernel_size == (2, 2)
 
 
+def test_q_projection_that_would_shrink_the_query_grid_is_refused():
+    # a strided or unpadded q conv leaves fewer queries than tokens: the residual add failed
+    # in forward with a bare shape error
+    for overrides in ({"stride_q": 2}, {"kernel_qkv": 5}, {"stride_q": [1, 2, 1]}):
+        with pytest.raises(ValueError, match="stride_q=1 and padding_q"):
+            tiny(**overrides)
+    model = tiny(kernel_qkv=5, padding_q=2, padding_kv=2).eval()
+    assert model(torch.randn(1, 3, 32, 40)).shape == (1, 5)
+    assert tiny(projection="avg", stride_q=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
 def test_drop_path_drops_the_residual_branch_per_sample():
     drop = DropPath(0.5).train()
     out = drop(torch.ones(1000, 4))

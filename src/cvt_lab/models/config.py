@@ -115,6 +115,16 @@ class CvTConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
+        # each block adds its attention output to its input token by token, so the q conv
+        # ('dw_bn'; other methods project q linearly) must keep the token grid
+        for i, method in enumerate(self.projection):
+            k, s, p = self.kernel_qkv[i], self.stride_q[i], self.padding_q[i]
+            if method == "dw_bn" and (s != 1 or 2 * p != k - 1):
+                raise ValueError(
+                    f"stage {i}: stride_q={s}, padding_q={p} with kernel_qkv={k} would shrink the "
+                    "query grid, but a block's output must keep its input's tokens (residual); "
+                    "use stride_q=1 and padding_q=(kernel_qkv-1)/2 (an odd kernel_qkv), or "
+                    "stride_kv to downsample keys and values")
         if self.num_classes < 0:
             raise ValueError("num_classes must be >= 0 (0 means no classifier head)")
 
