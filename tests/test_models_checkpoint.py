@@ -158,6 +158,28 @@ def test_original_preset_is_inferred_from_shapes(tmp_path):
         assert torch.equal(model.state_dict()[k], v), k
 
 
+def test_position_embeddings_of_another_resolution_are_resampled(tmp_path):
+    # README: fine-tuning works at any resolution, position embeddings interpolated; loading a
+    # pos_embed checkpoint into a model of another img_size failed with shape mismatches
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, pos_embed=(True, False, True)).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    model = create_model("cvt_tiny", num_classes=3, pos_embed=(True, False, True), img_size=48,
+                         pretrained=tmp_path / "w.pth").eval()
+    assert model.stage0.pos_embed.shape == (1, 24 * 24, 32)
+    x = torch.randn(2, 3, 48, 48)  # the source model resamples its grids the same way at 48 px
+    torch.testing.assert_close(model(x), src(x), **ATOL)
+    report = load_pretrained(model, tmp_path / "w.pth")
+    assert report.notes == ["stage0.pos_embed: resampled from a 16x16 to a 24x24 grid",
+                            "stage2.pos_embed: resampled from a 4x4 to a 6x6 grid"]
+    # without a preset name the size is read off the grids: the weights load unresampled
+    big = create_model("cvt_tiny", num_classes=3, pos_embed=True, img_size=64)
+    torch.save(big.state_dict(), tmp_path / "big.pth")
+    inferred = create_model(pretrained=tmp_path / "big.pth")
+    assert inferred.config.img_size == 64
+    assert torch.equal(inferred.stage1.pos_embed, big.stage1.pos_embed)
+
+
 def test_other_preset_fails_naming_shapes_and_loads_nothing(tmp_path):
     torch.manual_seed(0)
     torch.save(create_model("cvt_tiny", num_classes=5).state_dict(), tmp_path / "tiny.pth")

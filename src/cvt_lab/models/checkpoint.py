@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from torch import nn
 
 from .config import PRESETS, CvTConfig, preset_config
+from .cvt import resample_pos_embed, token_grid
 from .hf import ARCH_FIELDS, CONFIG_NAME, WEIGHT_NAMES, config_from_hf, download
 from .keymap import rename_keys
 
@@ -146,7 +148,25 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
                               f"({sorted(PRESETS)}); pass num_heads=... (and any non-default "
                               "strides) to build it")
     fields = {**shape_fields, **overrides}
-    return preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
+    config = preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
+    if any(config.pos_embed) and "img_size" not in overrides:
+        config = config.replace(img_size=_trained_img_size(config, state_dict))
+    return config
+
+
+def _trained_img_size(config: CvTConfig, state_dict: dict[str, torch.Tensor]) -> int:
+    """The resolution the position embeddings were learned at (their grids record it); a
+    preset's size would resample them on load and change the trained model's outputs."""
+    i = config.pos_embed.index(True)
+    side = math.isqrt(state_dict[f"stage{i}.pos_embed"].shape[1])
+    size = side = side * math.prod(config.patch_stride[: i + 1])
+    for j in range(config.num_stages):
+        side = token_grid(side, *config.embed_geometry(j))
+        key = f"stage{j}.pos_embed"
+        if config.pos_embed[j] and state_dict[key].shape[1] != side * side:
+            raise CheckpointError(f"cannot tell the image size the position embeddings were "
+                                  f"trained at ({key}: {tuple(state_dict[key].shape)}); pass img_size=...")
+    return size
 
 
 def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False) -> LoadReport:
@@ -160,6 +180,7 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
         _check_architecture(model.config, config_from_hf(ckpt.hf_config), ckpt.source)
     state = dict(ckpt.state_dict)
     expected = model.state_dict()
+    report.notes += _resample_pos_embeds(model, state, expected)
     if reset_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
@@ -178,11 +199,32 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
             lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=False)  # every key was checked above
+    for note in report.notes:
+        log.info(note)
     if reset_head:
         report.notes.append(f"classifier reset: the checkpoint has {ckpt.num_classes} classes, "
                             f"the model a new head with {model.config.num_classes}")
         log.warning(report.notes[-1])
     return report
+
+
+def _resample_pos_embeds(model: nn.Module, state: dict[str, torch.Tensor],
+                         expected: dict[str, torch.Tensor]) -> list[str]:
+    """Position embeddings learned at another resolution, resampled in ``state`` to the model's
+    grids (as the model does for inputs of another size): fine-tuning at any resolution."""
+    notes = []
+    for key, value in state.items():
+        want = expected.get(key)
+        if not key.endswith("pos_embed") or want is None or value.shape == want.shape:
+            continue
+        side = math.isqrt(value.shape[1])
+        if side * side != value.shape[1] or value.shape[2] != want.shape[2]:
+            continue  # not a square grid of the same width: reported as a shape mismatch
+        grid = model.get_submodule(key.rpartition(".")[0]).grid
+        with torch.no_grad():
+            state[key] = resample_pos_embed(value.float(), (side, side), grid).to(value.dtype)
+        notes.append(f"{key}: resampled from a {side}x{side} to a {grid[0]}x{grid[1]} grid")
+    return notes
 
 
 def load_pretrained(model: nn.Module, source: str | Path, reset_head: bool = False) -> LoadReport:

@@ -241,14 +241,10 @@ class Stage(nn.Module):
         self.grad_checkpointing = False
 
     def _pos_embed(self, h: int, w: int) -> torch.Tensor:
-        pe = self.pos_embed
         if (h, w) == self.grid:
-            return pe
-        # resolution differs from the reference: resample the learned grid (bicubic)
-        gh, gw = self.grid
-        grid = pe.reshape(1, gh, gw, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=False)
-        return grid.flatten(2).transpose(1, 2)
+            return self.pos_embed
+        # resolution differs from the reference: resample the learned grid
+        return resample_pos_embed(self.pos_embed, self.grid, (h, w))
 
     def forward(self, x: torch.Tensor, need_weights: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor | None, list[dict[str, Any]]]:
@@ -273,6 +269,14 @@ class Stage(nn.Module):
         b, _, c = x.shape
         fmap = x.transpose(1, 2).reshape(b, c, h, w)
         return fmap, cls, maps
+
+
+def resample_pos_embed(pe: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]
+                       ) -> torch.Tensor:
+    """Position embeddings (1, gh * gw, C) learned on ``grid``, resampled bicubically to ``size``."""
+    x = pe.reshape(1, grid[0], grid[1], -1).permute(0, 3, 1, 2)
+    x = F.interpolate(x, size=size, mode="bicubic", align_corners=False)
+    return x.flatten(2).transpose(1, 2)
 
 
 def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
@@ -387,4 +391,4 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-__all__ = ["CvT", "QuickGELU", "DropPath", "token_grid"]
+__all__ = ["CvT", "QuickGELU", "DropPath", "resample_pos_embed", "token_grid"]
