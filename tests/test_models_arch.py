@@ -110,6 +110,9 @@ def test_reset_classifier_for_fine_tuning():
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 7)
     model.reset_classifier(0)
     assert model(torch.randn(1, 3, 32, 32)).shape == (1, 128)
+    model.to(torch.bfloat16).reset_classifier(3)  # a new head in float32 failed in forward
+    assert model.head.weight.dtype == torch.bfloat16
+    assert model(torch.randn(1, 3, 32, 32, dtype=torch.bfloat16)).shape == (1, 3)
 
 
 def test_position_embeddings_are_interpolated_for_other_grids():

@@ -322,8 +322,10 @@ class CvT(nn.Module):
             stage.grad_checkpointing = enable
 
     def reset_classifier(self, num_classes: int) -> None:
-        """New head for fine-tuning on another label set."""
-        self.head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        """New head for fine-tuning on another label set, on the model's device and dtype."""
+        like = {"device": self.norm.weight.device, "dtype": self.norm.weight.dtype}
+        self.head = (nn.Linear(self.num_features, num_classes, **like) if num_classes > 0
+                     else nn.Identity())
         if num_classes > 0:
             _init_weights(self.head)
         self.config = self.config.replace(num_classes=num_classes)
