@@ -270,3 +270,24 @@ def test_a_training_checkpoint_with_ema_loads_its_ema_weights(tmp_path):
     model = create_model("cvt_tiny", num_classes=10, pretrained=path)
     for k, v in trained.ema.module.state_dict().items():  # what val/test used
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_a_training_checkpoint_builds_the_network_it_trained(tmp_path):
+    # shapes record no strides or paddings: without the saved config a patch-embedding,
+    # k/v-stride-1 net loaded silently as the preset's conv, stride-2 net (other logits)
+    from cvt_lab.module import CvTModule
+
+    torch.manual_seed(0)
+    knobs = {"token_embed": "patch", "stride_kv": 1, "activation": "gelu"}
+    trained = CvTModule(model={"name": "cvt_tiny", **knobs}, optimizer={}, scheduler={},
+                        num_classes=10).eval()
+    ckpt = {"state_dict": trained.state_dict()}
+    trained.on_save_checkpoint(ckpt)
+    torch.save(ckpt, tmp_path / "last.ckpt")
+    model = create_model(pretrained=tmp_path / "last.ckpt").eval()
+    assert model.config == trained.net.config
+    x = torch.randn(2, 3, 32, 40)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), trained(x))
+    with pytest.raises(CheckpointError, match=r"stride_kv: model \(2, 2, 2\) vs checkpoint \(1, 1, 1\)"):
+        create_model("cvt_tiny", num_classes=10, pretrained=tmp_path / "last.ckpt")

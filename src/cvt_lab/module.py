@@ -13,6 +13,7 @@ from torchmetrics import MaxMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .models import CvT, create_model
+from .models.checkpoint import CONFIG_KEY
 from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
 
@@ -154,9 +155,11 @@ class CvTModule(L.LightningModule):
             self.log("val/acc1_best", self.val_acc1_best.compute(), prog_bar=False, sync_dist=True)
 
     # MaxMetric's state is not in the state dict: without these a resumed run's val/acc1_best
-    # (the sweep objective) would forget the epochs before the interruption
+    # (the sweep objective) would forget the epochs before the interruption. The net's config
+    # goes along so create_model(pretrained=<ckpt>) builds it exactly (shapes record no strides)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[BEST_KEY] = self.val_acc1_best.max_value.detach().cpu()
+        checkpoint[CONFIG_KEY] = self.net.config.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if BEST_KEY in checkpoint:

@@ -30,6 +30,7 @@ _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest 
 _PREFIXES = ("module.", "model.", "net.")  # DDP / LightningModule attribute names
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
 
 
 class CheckpointError(ValueError):
@@ -44,6 +45,7 @@ class Checkpoint:
     format: str  # "transformers" or "original" (our names are the original code's)
     source: str
     hf_config: dict[str, Any] | None = None
+    saved_config: dict[str, Any] | None = None  # a cvt-lab training checkpoint's CONFIG_KEY
 
     @property
     def num_classes(self) -> int:
@@ -51,10 +53,18 @@ class Checkpoint:
         return 0 if head is None else head.shape[0]
 
     def config(self, **overrides: Any) -> CvTConfig:
-        """The architecture: from config.json when there is one, else read off the shapes."""
+        """The architecture: from config.json or the saved config when there is one, else read
+        off the shapes (which record no strides or paddings)."""
         if self.hf_config is not None:
             return config_from_hf(self.hf_config, **overrides)
+        if self.saved_config is not None:
+            return CvTConfig.build(**{**self.saved_config, **overrides})
         return infer_config(self.state_dict, **overrides)
+
+    @property
+    def stated_config(self) -> CvTConfig | None:
+        """The architecture the file states, if it states one."""
+        return None if self.hf_config is None and self.saved_config is None else self.config()
 
 
 @dataclass
@@ -82,14 +92,16 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
         if (path / CONFIG_NAME).exists():
             hf_config = json.loads((path / CONFIG_NAME).read_text())
         path = weights
-    state = _unwrap(_read_tensors(path), str(source))
+    raw = _read_tensors(path)
+    saved = raw.get(CONFIG_KEY) if isinstance(raw, dict) else None
+    state = _unwrap(raw, str(source))
     if any(k.startswith("cvt.") or k.startswith("classifier.") for k in state):
         state, unknown = rename_keys(state, to_hf=False)
         if unknown:
             raise CheckpointError(f"'{source}': transformers checkpoint with keys CvT does not "
                                   f"have: {_listing(unknown)}")
         return Checkpoint(state, "transformers", str(source), hf_config)
-    return Checkpoint(state, "original", str(source), hf_config)
+    return Checkpoint(state, "original", str(source), hf_config, saved)
 
 
 def _read_tensors(path: Path) -> dict[str, Any]:
@@ -176,8 +188,8 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
     for fine-tuning on another label set. BatchNorm ``num_batches_tracked`` may be absent.
     """
     report = LoadReport(ckpt.source, ckpt.format, reset_head, ckpt.num_classes)
-    if ckpt.hf_config is not None:
-        _check_architecture(model.config, config_from_hf(ckpt.hf_config), ckpt.source)
+    if (stated := ckpt.stated_config) is not None:
+        _check_architecture(model.config, stated, ckpt.source)
     state = dict(ckpt.state_dict)
     expected = model.state_dict()
     report.notes += _resample_pos_embeds(model, state, expected)
@@ -257,5 +269,5 @@ def _listing(items: list[str], limit: int = 8) -> str:
     return ", ".join(items[:limit]) + more
 
 
-__all__ = ["Checkpoint", "CheckpointError", "LoadReport", "infer_config", "load_checkpoint",
+__all__ = ["CONFIG_KEY", "Checkpoint", "CheckpointError", "LoadReport", "infer_config", "load_checkpoint",
            "load_pretrained", "read_checkpoint"]
