@@ -67,3 +67,20 @@ def test_wandb_auto_skips_when_offline(tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_MODE", "offline")
     assert report.log_wandb(["job"], [["0"]], tmp_path, OmegaConf.create({}), "auto") is None
     assert not (tmp_path / "wandb").exists()
+
+
+def test_folder_jobs_get_params_and_macs_from_their_checkpoint(tmp_path):
+    # data=folder leaves data.num_classes null in the job's config: params and MACs were empty
+    import torch
+
+    from cvt_lab.models import count_macs, count_params, create_model
+
+    job = tmp_path / "0"
+    job_started_but_never_logged(job, "data=folder", "data.image_size=32")
+    (job / "metrics.json").write_text(json.dumps({"val/acc1_best": 0.5}))
+    (job / "checkpoints").mkdir()
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 3}},
+               job / "checkpoints" / "last.ckpt")
+    row = report.report(tmp_path, wandb_mode="disabled")["rows"][0]
+    model = create_model("cvt_tiny", num_classes=3)
+    assert row[-2:] == [count_params(model), count_macs(model, 32) / 1e6]

@@ -90,12 +90,24 @@ def _model_cost(model_json: str, num_classes: int, img_size: int) -> tuple[int, 
     return count_params(net), int(count_macs(net, img_size))
 
 
-def model_cost(cfg: DictConfig) -> tuple[int | None, int | None]:
+def checkpoint_classes(job_dir: Path) -> int | None:
+    """The class count a job trained with, from its checkpoint: data=folder leaves
+    data.num_classes null in the config (one class per folder, counted when the data is read)."""
+    import torch
+
+    for path in sorted((job_dir / "checkpoints").glob("*.ckpt")):
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return ckpt.get("hyper_parameters", {}).get("num_classes")
+    return None
+
+
+def model_cost(cfg: DictConfig, job_dir: Path) -> tuple[int | None, int | None]:
     """(parameters, MACs per image) of the job's model, built from its config (once per
     distinct config). MACs follow the paper's convention (``cvt_lab.models.flops``)."""
     try:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        return _model_cost(json.dumps(model_cfg, sort_keys=True), int(cfg.data.num_classes),
+        classes = cfg.data.num_classes or checkpoint_classes(job_dir)
+        return _model_cost(json.dumps(model_cfg, sort_keys=True), int(classes),
                            int(cfg.data.image_size))
     except Exception as err:  # a config that cannot build (often why the job failed)
         print(f"warning: cannot build the model of this job ({err}); params left empty",
@@ -112,7 +124,7 @@ def read_job(job_dir: Path, root: Path) -> Job:
     error = json.loads(failed.read_text()).get("error") if failed.is_file() else None
     status = "failed" if error else "ok" if (job_dir / METRICS_FILE).is_file() else "incomplete"
     variant = cfg.get("variant")
-    params, macs = model_cost(cfg)
+    params, macs = model_cost(cfg, job_dir)
     paper = {}
     ablation = cfg.get("ablation") or {}
     for key, table in ablation.items():
