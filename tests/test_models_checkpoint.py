@@ -86,7 +86,7 @@ def test_pytorch_model_bin_and_bare_safetensors(small_hf, tmp_path):
     x = torch.randn(1, 3, 64, 64)
     torch.testing.assert_close(create_model(pretrained=tmp_path).eval()(x), hf_logits(hf, x), **ATOL)
     # a weights file alone: the architecture is read off the shapes (+ num_heads)
-    bare = create_model(pretrained=path / "model.safetensors", num_heads=(1, 2, 3), activation="gelu")
+    bare = create_model(pretrained=path / "model.safetensors", num_heads=(1, 2, 3))
     torch.testing.assert_close(bare.eval()(x), hf_logits(hf, x), **ATOL)
 
 
@@ -291,3 +291,7 @@ def test_a_training_checkpoint_builds_the_network_it_trained(tmp_path):
         torch.testing.assert_close(model(x), trained(x))
     with pytest.raises(CheckpointError, match=r"stride_kv: model \(2, 2, 2\) vs checkpoint \(1, 1, 1\)"):
         create_model("cvt_tiny", num_classes=10, pretrained=tmp_path / "last.ckpt")
+    # by name (model.pretrained=<ckpt>): the activation it trained with, not QuickGELU
+    named = create_model("cvt_tiny", num_classes=4, token_embed="patch", stride_kv=1,
+                         pretrained=tmp_path / "last.ckpt")
+    assert named.config.activation == "gelu"

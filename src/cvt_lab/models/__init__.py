@@ -34,8 +34,8 @@ def create_model(name: str | None = None, num_classes: int | None = None,
         pretrained: a transformers directory, a Hub id (``microsoft/cvt-13``) or a weights
             file (original ``.pth``, ``.safetensors``, ``.bin``). Loading is strict.
         overrides: :class:`CvTConfig` fields. Weights from transformers default to
-            ``activation="gelu"`` so logits match transformers exactly; original weights keep
-            the original QuickGELU.
+            ``activation="gelu"`` so logits match transformers exactly, a cvt-lab training
+            checkpoint to the activation it trained with; original weights keep QuickGELU.
     """
     if pretrained is None:
         if name is None:
@@ -44,8 +44,8 @@ def create_model(name: str | None = None, num_classes: int | None = None,
             overrides["num_classes"] = num_classes
         return CvT(preset_config(name, **overrides))
     ckpt = read_checkpoint(pretrained)
-    if ckpt.format == "transformers":
-        overrides.setdefault("activation", "gelu")
+    if ckpt.activation is not None:
+        overrides.setdefault("activation", ckpt.activation)
     classes = ckpt.num_classes if num_classes is None else num_classes
     overrides["num_classes"] = classes
     config = preset_config(name, **overrides) if name else ckpt.config(**overrides)

@@ -62,6 +62,14 @@ class Checkpoint:
         return infer_config(self.state_dict, **overrides)
 
     @property
+    def activation(self) -> str | None:
+        """The activation the weights were trained with, when known: exact GELU for
+        transformers weights, and what a cvt-lab checkpoint's saved config states."""
+        if self.format == "transformers":
+            return "gelu"
+        return self.saved_config.get("activation") if self.saved_config else None
+
+    @property
     def stated_config(self) -> CvTConfig | None:
         """The architecture the file states, if it states one."""
         return None if self.hf_config is None and self.saved_config is None else self.config()
