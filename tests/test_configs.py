@@ -40,3 +40,10 @@ def test_embedded_default_picks_its_own_augment_and_lr_but_cli_wins(tmp_path):
     assert not cfg.augment.random_crop and cfg.optimizer.lr == 2e-3
     cfg = compose_config(["augment=basic", "optimizer=sgd"], tmp_path)
     assert cfg.augment.random_crop and cfg.optimizer.name == "sgd"
+
+
+def test_runs_started_in_the_same_second_get_their_own_run_dir():
+    # a job array or `for s in 1 2; do python run.py seed=$s & done`: a shared run dir mixed
+    # their checkpoints, last.ckpt, metrics.json and CSV logs
+    run_dirs = {compose_config([]).paths.output_dir for _ in range(3)}
+    assert len(run_dirs) == 3

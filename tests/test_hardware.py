@@ -81,6 +81,20 @@ def test_torchrun_or_srun_processes_need_one_shared_run_dir(monkeypatch):
     check("trainer=cpu")  # one process: nothing to share
 
 
+def test_slurm_tasks_must_be_the_trainers_processes(monkeypatch):
+    # hydra/launcher=slurm starts 8 tasks per node by default: with a one-process trainer each
+    # task ran the whole training again (same run dir, same GPU)
+    monkeypatch.setenv("SLURM_JOB_NAME", "cvt")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    with pytest.raises(HardwareError, match=r"SLURM started 8 tasks .* 1 process.*"
+                                            r"hydra.launcher.tasks_per_node=1"):
+        check("hydra/launcher=slurm", "hydra.mode=MULTIRUN")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    check("trainer=ddp_cpu", "hydra/launcher=slurm", "hydra.mode=MULTIRUN")  # a task per rank
+    monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # salloc's shell: Lightning ignores SLURM
+    check("hydra/launcher=slurm", "hydra.mode=MULTIRUN")
+
+
 def test_world_size_counts_devices_times_nodes():
     assert world_size({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
     assert world_size({"accelerator": "cpu", "devices": "auto"}) == 1

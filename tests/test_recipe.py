@@ -169,6 +169,19 @@ def test_two_accumulated_half_batches_equal_one_full_batch_step():
     assert moved > 10  # the step really changed the weights
 
 
+@pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
+def test_gradient_clipping_works_with_the_default_fused_optimizer(precision):
+    # SGD's first step moves the weights by lr x the clipped gradient, whose norm is the clip
+    module = tiny_module(optimizer={**SGD, "lr": 1.0, "momentum": 0.0, "fused": True})
+    start = [p.detach().clone() for p in module.net.parameters()]
+    trn = trainer(max_steps=1, precision=precision, gradient_clip_val=1e-3)
+    trn.fit(module, loader())
+    assert bool(trn.optimizers[0].defaults["fused"]) == (precision == "32-true")  # loop only if needed
+    moved = [p.detach() - s for p, s in zip(module.net.parameters(), start)]
+    assert float(torch.linalg.vector_norm(torch.cat([m.flatten() for m in moved]))) == pytest.approx(
+        1e-3, rel=1e-3)
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):

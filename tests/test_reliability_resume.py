@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, run_cli
 from cvt_lab.data import ImageDataModule
-from cvt_lab.module import CvTModule
+from cvt_lab.module import BEST_KEY, CvTModule
 from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
 from cvt_lab.train import run
 from cvt_lab.validate import ConfigError
@@ -199,6 +199,26 @@ def test_a_checkpoint_carries_the_best_val_accuracy_into_the_resumed_run(one_epo
     resumed.on_load_checkpoint(ckpt)  # what Lightning calls when fit resumes from ckpt_path
     resumed.val_acc1_best.update(torch.tensor(0.0))  # a worse epoch after the resume
     assert resumed.val_acc1_best.compute().item() == pytest.approx(trained["val/acc1_best"])
+
+
+def test_the_test_after_a_resume_uses_the_best_checkpoint_of_the_whole_run(one_epoch, tmp_path):
+    """The resumed run writes to a new dir: its first epoch must not become the best (and be
+    the one tested) unless it beats the epochs before the interruption."""
+    first, trained = one_epoch
+    (best,) = (first / "checkpoints").glob("epoch*.ckpt")
+    ckpt = torch.load(first / "checkpoints/last.ckpt", map_location="cpu", weights_only=True)
+    perfect = torch.tensor(1.0)  # as if epoch 0 had scored 100%: no later epoch can beat it
+    (state,) = [s for s in ckpt["callbacks"].values() if s.get("monitor") == "val/acc1"]
+    state.update(best_model_score=perfect, kth_value=perfect, best_k_models={str(best): perfect})
+    ckpt[BEST_KEY] = perfect
+    torch.save(ckpt, tmp_path / "interrupted.ckpt")
+
+    resumed = run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2",
+                              f"ckpt_path={tmp_path / 'interrupted.ckpt'}"], tmp_path / "resumed")
+    assert not list((tmp_path / "resumed/checkpoints").glob("epoch*.ckpt"))  # no new best
+    assert best.is_file()
+    assert resumed["test/acc1"] == pytest.approx(trained["test/acc1"], abs=1e-6)  # epoch 0 tested
+    assert resumed["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-6)
 
 
 def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch, tmp_path):

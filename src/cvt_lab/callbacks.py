@@ -6,6 +6,7 @@ import time
 from typing import Any
 
 import lightning as L
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 
 class TrainThroughput(L.Callback):
@@ -35,3 +36,16 @@ class TrainThroughput(L.Callback):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._seconds > 0:
             pl_module.log("train/img_per_sec", self._images / self._seconds)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint that keeps the best score of the run it resumes.
+
+    A resumed run writes to a new run dir, and Lightning's ModelCheckpoint then forgets the
+    best score: the first epoch after the resume became the best whatever it scored, and the
+    final test ran on it. The earlier best file stays in its own run dir (Lightning removes
+    only files in this dirpath).
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath})

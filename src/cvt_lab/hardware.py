@@ -65,6 +65,7 @@ def validate_hardware(cfg: DictConfig) -> None:
             "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
             "set trainer.sync_batchnorm=false (trainer=ddp_cpu does)")
     _check_hydra_under_ddp(trainer)
+    _check_slurm_tasks(trainer)
 
 
 def _check_devices(trainer: dict[str, Any]) -> None:
@@ -152,6 +153,26 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
             "processes started by torchrun/srun each pick their own time-stamped run dir; give "
             "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "
             "hydra.run.dir=logs/train/runs/$SLURM_JOB_ID)")
+
+
+def _check_slurm_tasks(trainer: dict[str, Any]) -> None:
+    """Under srun (or hydra/launcher=slurm) every SLURM task runs this script: each task must
+    be one of the trainer's processes, or the extra ones train the same model again (one-device
+    strategies do not read the SLURM ranks), into the same run dir and onto the same GPU."""
+    from lightning.fabric.plugins.environments.slurm import _is_slurm_interactive_mode
+
+    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    world = world_size(trainer)
+    if tasks == 1 or tasks == world or _is_slurm_interactive_mode():
+        return
+    per_node, nodes = devices_per_node(trainer), int(trainer.get("num_nodes", 1) or 1)
+    raise HardwareError(
+        f"SLURM started {tasks} tasks for this run but the trainer runs {world} process(es) "
+        f"(trainer.devices x trainer.num_nodes): every extra task would train the same model "
+        f"again into the same run dir. Start one task per process: with hydra/launcher=slurm "
+        f"add hydra.launcher.tasks_per_node={per_node} hydra.launcher.nodes={nodes} (and "
+        f"hydra.launcher.gpus_per_node to match), with srun --ntasks-per-node={per_node}; or set "
+        f"trainer.devices to the tasks per node")
 
 
 __all__ = ["HardwareError", "validate_hardware", "world_size", "devices_per_node"]

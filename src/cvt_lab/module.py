@@ -7,6 +7,8 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.plugins.precision import MixedPrecision
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MetricCollection
@@ -174,6 +176,13 @@ class CvTModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = self.hparams.optimizer
+        if (opt_cfg.get("fused") and self.trainer.gradient_clip_val
+                and isinstance(self.trainer.precision_plugin, MixedPrecision)):
+            # Lightning refuses to clip a fused optimizer's gradients under autocast (it expects
+            # the fused step to unscale them itself): the first step would fail
+            rank_zero_info("optimizer.fused: off (PyTorch's per-tensor loop): Lightning cannot "
+                           "clip a fused optimizer's gradients under mixed precision")
+            opt_cfg = {**opt_cfg, "fused": None}
         optimizer = build_optimizer(self.net, opt_cfg)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,
