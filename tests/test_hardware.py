@@ -86,10 +86,12 @@ def test_slurm_tasks_must_be_the_trainers_processes(monkeypatch):
     # task ran the whole training again (same run dir, same GPU)
     monkeypatch.setenv("SLURM_JOB_NAME", "cvt")
     monkeypatch.setenv("SLURM_NTASKS", "8")
+    check("hydra/launcher=slurm", "hydra.mode=MULTIRUN")  # an sbatch script's shell, not srun
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "8")  # srun's 8 tasks, one process each
     with pytest.raises(HardwareError, match=r"SLURM started 8 tasks .* 1 process.*"
                                             r"hydra.launcher.tasks_per_node=1"):
         check("hydra/launcher=slurm", "hydra.mode=MULTIRUN")
-    monkeypatch.setenv("SLURM_NTASKS", "2")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "2")
     check("trainer=ddp_cpu", "hydra/launcher=slurm", "hydra.mode=MULTIRUN")  # a task per rank
     monkeypatch.setenv("SLURM_JOB_NAME", "interactive")  # salloc's shell: Lightning ignores SLURM
     check("hydra/launcher=slurm", "hydra.mode=MULTIRUN")

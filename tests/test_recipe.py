@@ -182,6 +182,20 @@ def test_gradient_clipping_works_with_the_default_fused_optimizer(precision):
         1e-3, rel=1e-3)
 
 
+def test_a_resumed_optimizer_keeps_this_runs_kernel_choice(tmp_path):
+    # the checkpoint's param groups say fused=True; resumed with clipping under autocast, the
+    # fused kernel would fail at the first step, so the run's own choice must win
+    module = tiny_module(optimizer={**SGD, "fused": True})
+    trn = trainer(max_steps=1)
+    trn.fit(module, loader())
+    assert trn.optimizers[0].param_groups[0]["fused"]
+    trn.save_checkpoint(tmp_path / "fused.ckpt")
+    resumed = trainer(max_steps=2, precision="bf16-mixed", gradient_clip_val=1.0)
+    resumed.fit(tiny_module(optimizer={**SGD, "fused": True}), loader(),
+                ckpt_path=tmp_path / "fused.ckpt")
+    assert resumed.global_step == 2 and not resumed.optimizers[0].param_groups[0]["fused"]
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):

@@ -131,7 +131,7 @@ def test_slurm_requeue_under_ddp_with_the_signal_reaching_ranks_apart(tmp_path):
     procs = []
     for rank in (0, 1):
         env = {**os.environ, "PATH": fake_scontrol(tmp_path) if rank == 0 else os.environ["PATH"],
-               "PYTHONUNBUFFERED": "1", "SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
+               "PYTHONUNBUFFERED": "1", "SLURM_NTASKS": "2", "SLURM_STEP_NUM_TASKS": "2", "SLURM_NTASKS_PER_NODE": "2",
                "SLURM_JOB_NAME": "cvt", "SLURM_JOB_ID": "4242", "SLURM_PROCID": str(rank),
                "SLURM_LOCALID": str(rank), "SLURM_NODEID": "0", "SLURM_NNODES": "1",
                "SLURM_NODELIST": "127.0.0.1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}

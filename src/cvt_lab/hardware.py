@@ -161,7 +161,8 @@ def _check_slurm_tasks(trainer: dict[str, Any]) -> None:
     strategies do not read the SLURM ranks), into the same run dir and onto the same GPU."""
     from lightning.fabric.plugins.environments.slurm import _is_slurm_interactive_mode
 
-    tasks = int(os.environ.get("SLURM_NTASKS", "1"))
+    # srun's step size: a batch script's own shell (SLURM_NTASKS only) runs one process
+    tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
     world = world_size(trainer)
     if tasks == 1 or tasks == world or _is_slurm_interactive_mode():
         return

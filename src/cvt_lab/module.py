@@ -166,6 +166,22 @@ class CvTModule(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if BEST_KEY in checkpoint:
             self.val_acc1_best.max_value = checkpoint[BEST_KEY].to(self.val_acc1_best.max_value)
+        # a resumed optimizer takes its settings from the checkpoint's param groups: keep this
+        # run's choice of kernel instead (a fused one under clipping + autocast would fail)
+        if self._trainer is None:  # load_from_checkpoint: no optimizer to restore
+            return
+        fused = self._fused()
+        for state in checkpoint.get("optimizer_states", []):
+            for group in state.get("param_groups", []):
+                group["fused"] = fused
+
+    def _fused(self) -> bool | None:
+        """optimizer.fused, unless gradients are clipped under mixed precision: Lightning
+        refuses to clip a fused optimizer's gradients under autocast (it expects the fused
+        step to unscale them itself), so the first step would fail."""
+        fused = self.hparams.optimizer.get("fused")
+        clipped = self.trainer.gradient_clip_val
+        return None if clipped and isinstance(self.trainer.precision_plugin, MixedPrecision) else fused
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")
@@ -175,14 +191,10 @@ class CvTModule(L.LightningModule):
         self.test_metrics.reset()
 
     def configure_optimizers(self) -> dict[str, Any]:
-        opt_cfg = self.hparams.optimizer
-        if (opt_cfg.get("fused") and self.trainer.gradient_clip_val
-                and isinstance(self.trainer.precision_plugin, MixedPrecision)):
-            # Lightning refuses to clip a fused optimizer's gradients under autocast (it expects
-            # the fused step to unscale them itself): the first step would fail
+        opt_cfg = {**self.hparams.optimizer, "fused": self._fused()}
+        if self.hparams.optimizer.get("fused") and not opt_cfg["fused"]:
             rank_zero_info("optimizer.fused: off (PyTorch's per-tensor loop): Lightning cannot "
                            "clip a fused optimizer's gradients under mixed precision")
-            opt_cfg = {**opt_cfg, "fused": None}
         optimizer = build_optimizer(self.net, opt_cfg)
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,

@@ -69,6 +69,10 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
+    "optimizer.name": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),
+    "scheduler.name": (lambda v: v in ("cosine", "constant", "step"), "cosine, constant or step"),
+    "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0),
+                                  "a number >= 0 (0 or null: no clipping)"),
     "augment.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
 }
 
