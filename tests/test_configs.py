@@ -47,3 +47,13 @@ def test_runs_started_in_the_same_second_get_their_own_run_dir():
     # their checkpoints, last.ckpt, metrics.json and CSV logs
     run_dirs = {compose_config([]).paths.output_dir for _ in range(3)}
     assert len(run_dirs) == 3
+
+
+@pytest.mark.parametrize("experiment", ["finetune_cifar100", "finetune_folder"])
+def test_finetuning_recipes_normalise_as_their_pretrained_weights(experiment, tmp_path):
+    # microsoft/cvt-* were trained on ImageNet-normalised inputs; CIFAR-100's own mean/std
+    # would shift every input the pretrained network sees
+    cfg = compose_config([f"experiment={experiment}", "data.root=/tmp"], tmp_path)
+    assert cfg.model.pretrained.startswith("microsoft/cvt-")
+    assert list(cfg.data.mean) == [0.485, 0.456, 0.406]
+    assert list(cfg.data.std) == [0.229, 0.224, 0.225]
