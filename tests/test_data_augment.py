@@ -74,6 +74,23 @@ def test_deit_recipe_gives_soft_targets_with_smoothing_folded_in_once():
         torch.full((8,), 1 - 0.1 + 0.02))
 
 
+def test_ranks_augment_differently_yet_keep_the_global_rng_in_step():
+    # DDP ranks share one global RNG state; each must still draw its own RandAugment ops,
+    # Mixup/CutMix lambda and erasing boxes, and all must leave the global RNG alike
+    aug = DeviceAugment(MEAN, STD, DEIT, num_classes=10)
+    images, labels = batch(), torch.arange(8)
+    outs, states = {}, {}
+    for rank in (0, 1, 0):
+        torch.manual_seed(3)
+        outs.setdefault(rank, []).append(aug(images, labels, train=True, rank=rank))
+        states.setdefault(rank, []).append(torch.get_rng_state())
+    (x0, t0, _), (x0_again, t0_again, _) = outs[0]
+    x1, t1, _ = outs[1][0]
+    assert torch.equal(x0, x0_again) and torch.equal(t0, t0_again)  # deterministic per rank
+    assert not torch.equal(x0, x1) and not torch.equal(t0, t1)
+    assert torch.equal(states[0][0], states[1][0])
+
+
 def test_basic_recipe_leaves_targets_hard_for_the_loss_to_smooth():
     aug = DeviceAugment(MEAN, STD, {"label_smoothing": 0.1}, num_classes=10)
     x, targets, _ = aug(batch(), torch.arange(8), train=True)

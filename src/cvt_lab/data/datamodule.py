@@ -213,7 +213,8 @@ class ImageDataModule(L.LightningDataModule):
             self.skipped += 1
             log.warning("skipped unreadable image (%d so far): %s", self.skipped, reason)
         training = self.trainer is not None and self.trainer.training
-        return self.device_augment(images, labels, training)
+        rank = self.trainer.global_rank if self.trainer is not None else 0
+        return self.device_augment(images, labels, training, rank)
 
 
 def check_labels(ds: Dataset, num_classes: int, where: str) -> None:

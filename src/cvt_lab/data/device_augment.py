@@ -37,18 +37,32 @@ class DeviceAugment(nn.Module):
                                    aug.get("mix_prob", 1.0), aug.get("mix_switch_prob", 0.5),
                                    aug.get("label_smoothing", 0.0))
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor, train: bool
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, train: bool, rank: int = 0
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not (train and (self.randaugment or self.erasing or self.mix)):
+            return (*self._augment(images, labels, train), labels)
+        # Under DDP every rank holds the same global RNG state (one seed; rank 0's state comes
+        # back on resume), so drawing from it would give every rank the same RandAugment ops,
+        # Mixup lambda and erasing boxes. Take one seed from it (advancing it alike on every
+        # rank, so resume stays exact) and augment from a stream of that seed and the rank.
+        seed = int(torch.randint(2**62, ()))
+        cuda = [images.device.index or 0] if images.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            torch.manual_seed(seed + rank)
+            x, targets = self._augment(images, labels, train)
+        return x, targets, labels
+
+    def _augment(self, images: torch.Tensor, labels: torch.Tensor, train: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         mean, std = self.mean.to(images.device), self.std.to(images.device)
         if train and self.randaugment is not None:
             x = (self.randaugment(images.float() / 255) - mean) / std
         else:
             x = (images.float() - mean * 255) / (std * 255)
         if not train:
-            return x, labels, labels
+            return x, labels
         if self.erasing is not None:
             x = self.erasing(x)
         if self.mix is not None:
-            x, targets = self.mix(x, labels)
-            return x, targets, labels
-        return x, labels, labels
+            return self.mix(x, labels)
+        return x, labels
