@@ -91,6 +91,15 @@ def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     assert str(err.value).startswith(message)
 
 
+def test_a_384_px_preset_at_another_resolution_is_flagged(tmp_path, caplog):
+    validate(cfg_for(tmp_path, "model=cvt13_384"))  # data=embedded: 32 px
+    assert "model=cvt13_384 is the 384 px preset but data.image_size=32" in caplog.text
+    caplog.clear()
+    validate(cfg_for(tmp_path, "model=cvt13_384", "data.image_size=384"))
+    validate(cfg_for(tmp_path, "model=cvt13"))
+    assert "preset" not in caplog.text
+
+
 def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
     cfg = cfg_for(tmp_path, "data.num_classes=12", "data.class_names=null")
     validate(cfg)  # nothing in the config alone says it is wrong

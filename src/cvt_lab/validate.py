@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import math
 import sys
 import zipfile
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Groups whose keys are checked against the union of the keys their option files define
@@ -118,6 +121,12 @@ def _check_model(cfg: DictConfig) -> None:
             f"data.image_size={size} is smaller than the total stride {stride} of model "
             f"{cfg.model.name} (patch strides {list(model.patch_stride)}): the last stage would "
             f"have no tokens. Use data.image_size>={stride} or a smaller-stride model (cvt_tiny)")
+    native = preset_config(cfg.model.name).img_size  # the model's img_size follows the data's
+    if native > 224 and size != native:
+        log.warning("model=%s is the %d px preset but data.image_size=%d: its weights are tuned "
+                    "for %d px (set data.image_size=%d data.crop_pct=1.0, as finetune_cifar100 "
+                    "does), unless the change of resolution is deliberate",
+                    cfg.model.name, native, size, native, native)
 
 
 # ---------------------------------------------------------------------- unknown keys
