@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import time
 import signal
 from pathlib import Path
@@ -98,6 +99,21 @@ def test_resuming_a_finished_epoch_continues_the_epoch_and_step_counters(one_epo
     assert min(steps_after) > max(steps_before)
     state = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
     assert (state["epoch"], state["global_step"]) == (1, 6)
+
+
+@pytest.mark.parametrize("change, message", [
+    ("data.batch_size=16", "data.batch_size=8 (this config: 16)"),
+    ("trainer.accumulate_grad_batches=2", "trainer.accumulate_grad_batches=1 (this config: 2)")])
+def test_resuming_with_another_batch_split_is_refused_before_training(one_epoch, tmp_path,
+                                                                      change, message):
+    """The loader's position is in batches and the lr schedule in optimizer steps: another
+    split would skip the wrong samples and move the schedule, silently."""
+    first, _ = one_epoch
+    last = first / "checkpoints/last.ckpt"
+    with pytest.raises(ConfigError, match=re.escape(f"ckpt_path={last} was trained with {message}")):
+        run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", change, f"ckpt_path={last}"],
+                       tmp_path)
+    assert not (tmp_path / "csv").exists()  # refused before any logger started
 
 
 def test_eval_mode_reproduces_the_test_accuracy_logged_after_training(one_epoch, tmp_path):

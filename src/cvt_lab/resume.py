@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from .validate import ConfigError, check_checkpoint
 
 WANDB_ID_KEY = "wandb_run_id"  # top-level key of our checkpoints
+BATCH_KEY = "batch_split"  # top-level key: what one optimizer step trained on
 
 
 # ------------------------------------------------------------------ finding the checkpoint
@@ -57,6 +58,29 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     rank_zero_info(f"resume=auto: continuing from {path}" if path else
                    f"resume=auto: no checkpoint under {where}/*/ yet: starting a fresh run")
     return path
+
+
+def batch_split(cfg: DictConfig) -> dict[str, int]:
+    """The settings that fix the images per optimizer step, hence the steps per epoch."""
+    return {"data.batch_size": int(cfg.data.batch_size),
+            "trainer.accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1)}
+
+
+def check_batch_split(ckpt_path: str | None, split: dict[str, int]) -> None:
+    """Refuse to resume with another batch split: the loader would skip the wrong samples
+    (its position is in batches) and the restored lr schedule would sit at another point of
+    a schedule re-computed for other steps per epoch, all without a word."""
+    if not ckpt_path:
+        return
+    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
+    saved = ckpt.get(BATCH_KEY) or {}
+    diffs = [f"{k}={v} (this config: {split[k]})" for k, v in saved.items() if split.get(k) != v]
+    if diffs:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} was trained with {', '.join(diffs)}: resuming would change the "
+            "images per optimizer step, the samples skipped in the interrupted epoch and the lr "
+            "schedule. Resume with its values, or start a new run from its weights with "
+            "model.pretrained=<file>")
 
 
 # ---------------------------------------------------------------------------- W&B run id

@@ -18,7 +18,7 @@ from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
 from .module import CvTModule
-from .resume import resolve_ckpt_path, resume_wandb, wandb_run_id
+from .resume import batch_split, check_batch_split, resolve_ckpt_path, resume_wandb, wandb_run_id
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
 from .utils import git_commit, print_summary
 from .validate import ConfigError, check_checkpoint_fits, validate
@@ -42,7 +42,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
+    split = batch_split(cfg)
     if cfg.train:
+        check_batch_split(ckpt_path, split)
         resume_wandb(cfg.get("logger"), wandb_run_id(ckpt_path))
     L.seed_everything(cfg.seed, workers=True)
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
@@ -56,7 +58,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     check_checkpoint_fits(ckpt_path, module)
     loggers = instantiate_all(cfg.get("logger"))
     try:  # from here on a W&B run may exist: close it whatever happens
-        guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints")
+        guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints", batch_split=split)
         callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
         if not loggers:  # logger=none: an lr monitor has nowhere to write
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
