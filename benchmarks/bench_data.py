@@ -62,12 +62,16 @@ def timed(fn, *args) -> tuple[float, float]:
 
 
 def loader_rate(ds: Dataset, size: int, workers: int, batch: int, epochs: int) -> dict[str, float]:
-    """Images/s of the training loader (decode + crop + flip + collate), after a warm-up batch;
-    with 0 workers also images per CPU-second (a per-core rate)."""
+    """Images/s of the training loader (decode + crop + flip + collate), after a warm-up epoch;
+    with 0 workers also images per CPU-second (a per-core rate).
+
+    The warm-up is a whole epoch: after a single batch the workers still decode the batches
+    they prefetched, inside the timed window, and the next epoch throws them away."""
     data = ImageDataset(ds, SampleDecoder(TrainTransform(size, True, (0.08, 1.0), (3 / 4, 4 / 3), 0.5)))
     loader = DataLoader(data, batch_size=batch, shuffle=True, num_workers=workers, collate_fn=collate,
                         persistent_workers=workers > 0, drop_last=True)
-    next(iter(loader))  # start the workers
+    for _ in loader:  # start the workers; nothing left in flight when the clock starts
+        pass
     count = len(loader) * batch * epochs
     wall, cpu = timed(lambda: [None for _ in range(epochs) for _ in loader])
     return {"img_per_s": count / wall, **({"img_per_cpu_s": count / cpu} if workers == 0 else {})}
