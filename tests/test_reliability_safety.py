@@ -74,6 +74,18 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert saves and all(Path(p).parent == last.parent for p in saves)  # the atomic writer wrote them
 
 
+def test_nan_right_after_a_resume_names_the_checkpoint_it_resumed_from(tmp_path, monkeypatch):
+    run_in_process(NAN_RUN, tmp_path / "first")
+    resumed_from = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    train_step = CvTModule.training_step
+    monkeypatch.setattr(CvTModule, "training_step",
+                        lambda self, batch, i: train_step(self, batch, i) * float("nan"))
+    with pytest.raises(NonFiniteError) as err:  # a new run dir: no last.ckpt of its own yet
+        run_in_process([*NAN_RUN, "trainer.max_epochs=2", f"ckpt_path={resumed_from}"],
+                       tmp_path / "second")
+    assert f"the checkpoint this run resumed from, {resumed_from}, is unchanged" in str(err.value)
+
+
 def test_a_diverging_lr_never_leaves_non_finite_weights_on_disk(tmp_path):
     with pytest.raises(NonFiniteError, match=r"at step \d+"):
         run_in_process([*NAN_RUN, "optimizer.lr=1e30"], tmp_path)

@@ -97,9 +97,12 @@ class RunGuard(L.Callback):
     def last(self) -> Path:
         return self.dirpath / "last.ckpt"
 
-    def _kept(self) -> str:
-        return (f"the last good checkpoint {self.last} is kept" if self.last.exists()
-                else "no checkpoint had been written yet")
+    def _kept(self, trainer: L.Trainer) -> str:
+        if self.last.exists():
+            return f"the last good checkpoint {self.last} is kept"
+        if trainer.ckpt_path:  # resumed into a new run dir, nothing saved here yet
+            return f"the checkpoint this run resumed from, {trainer.ckpt_path}, is unchanged"
+        return "no checkpoint had been written yet"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # Lightning loads the loader's saved position only when it builds the loader after
@@ -140,7 +143,7 @@ class RunGuard(L.Callback):
             raise NonFiniteError(
                 f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch}): training stopped before this update; "
-                f"{self._kept()}. {FIXES}")
+                f"{self._kept(trainer)}. {FIXES}")
         if sigterm:
             # set on every rank at this same step; Lightning raises SIGTERMException on each
             # once the step is done (after validation, if one is due, which checks it too)
@@ -159,7 +162,7 @@ class RunGuard(L.Callback):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise NonFiniteError(
                     f"weight '{name}' is NaN/inf at step {trainer.global_step}: refusing to write "
-                    f"a checkpoint; {self._kept()}. {FIXES}")
+                    f"a checkpoint; {self._kept(trainer)}. {FIXES}")
         run_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if run_id:
             checkpoint[WANDB_ID_KEY] = run_id
