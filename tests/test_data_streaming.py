@@ -11,7 +11,7 @@ from cvt_lab.data.datamodule import SampleDecoder
 from cvt_lab.data.errors import DataSourceError
 from cvt_lab.data.streaming import StreamingImages, split_stream
 from cvt_lab.data.transforms import EvalTransform
-from data_helpers import imagenet_like, save_parquet
+from data_helpers import imagenet_like, make_folder, save_parquet
 
 
 def test_stream_is_split_by_rank_and_train_steps_match(make_cfg, tmp_path):
@@ -50,3 +50,17 @@ def test_a_streamed_label_out_of_range_names_the_fix(make_cfg, tmp_path):
     dm.setup()
     with pytest.raises(DataSourceError, match=r"label 700 .* outside \[0, 10\) \(data.num_classes=10\)"):
         list(dm.val_dataloader())
+
+
+def test_streaming_a_local_folder_reads_it_map_style(make_cfg, tmp_path):
+    # data=folder data.streaming=true crashed in the loader (Dataset.shuffle() got buffer_size)
+    root = make_folder(tmp_path / "pets", {"train": 2, "val": 1}, size=(9, 9))
+    cfg = OmegaConf.to_container(make_cfg("data=folder", f"data.root={root}", "data.streaming=true",
+                                          f"data.cache_dir={tmp_path / 'cache'}", "data.batch_size=2",
+                                          "data.image_size=8", "data.num_workers=0").data, resolve=True)
+    dm = ImageDataModule(cfg, {})
+    dm.setup()
+    assert not dm.streaming
+    images, labels, _ = next(iter(dm.train_dataloader()))
+    assert images.shape == (2, 3, 8, 8)
+    assert sorted(int(v) for _, ys, _ in dm.val_dataloader() for v in ys) == [0, 1, 2]

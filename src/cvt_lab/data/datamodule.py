@@ -8,7 +8,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from datasets import Dataset
+from datasets import Dataset, IterableDatasetDict
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
@@ -126,12 +126,19 @@ class ImageDataModule(L.LightningDataModule):
 
     @property
     def streaming(self) -> bool:
+        """Whether the splits are streams. data.streaming streams hub data and data.path copies;
+        a folder and the embedded set are local files read as needed (map-style) either way."""
+        if self.splits is not None:
+            return isinstance(self.splits, IterableDatasetDict)
         return bool(self.cfg.get("streaming"))
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
         self.splits = load_splits(self.cfg, self.seed)
+        if self.cfg.get("streaming") and not self.streaming:
+            log.info("data.streaming=true: %s is read from local files as needed, not streamed",
+                     self.cfg["name"])
         self.class_names = class_names(self.splits, self.cfg)
         if len(self.class_names) != self.num_classes:
             raise DataSourceError(
