@@ -64,3 +64,19 @@ def test_streaming_a_local_folder_reads_it_map_style(make_cfg, tmp_path):
     images, labels, _ = next(iter(dm.train_dataloader()))
     assert images.shape == (2, 3, 8, 8)
     assert sorted(int(v) for _, ys, _ in dm.val_dataloader() for v in ys) == [0, 1, 2]
+
+
+def test_stream_workers_yield_len_loader_whole_batches(make_cfg, tmp_path):
+    # each DataLoader worker batches its own samples: quotas of 5 and 5 with batch 2 gave
+    # 2 + 2 batches (drop_last per worker), not the 5 that len(loader) and the LR schedule count on
+    imagenet_like(n_train=10, n_val=2).save_to_disk(str(tmp_path / "inet"))  # streamed: 10 shards
+    cfg = OmegaConf.to_container(make_cfg("data=imagenet", f"data.path={tmp_path / 'inet'}",
+                                          "data.streaming=true", "data.train_examples=10",
+                                          "data.batch_size=2", "data.image_size=8",
+                                          "data.num_workers=2").data, resolve=True)
+    dm = ImageDataModule(cfg, {})
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.num_workers == 2
+    batches = list(loader)
+    assert len(loader) == len(batches) == 5

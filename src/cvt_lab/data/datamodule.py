@@ -176,7 +176,7 @@ class ImageDataModule(L.LightningDataModule):
                                   self.cfg.get("shuffle_buffer", 10_000), self.seed)
             workers = min(workers, stream.n_shards)  # a worker without a shard would idle
             length = self._stream_length(split, world) if train else None
-            dataset = StreamingImages(stream, decoder, length)
+            dataset = StreamingImages(stream, decoder, length, batch)
             return DataLoader(dataset, drop_last=train, num_workers=workers,
                               persistent_workers=workers > 0, **common)
         dataset = ImageDataset(self.splits[split], decoder, self.seed)

@@ -2,8 +2,9 @@
 
 Each rank reads its own part of the stream (``split_dataset_by_node``: whole shards when
 their count divides by the world size), and ``datasets`` spreads a rank's shards over its
-DataLoader workers. Training yields exactly ``length`` samples per rank and epoch (a rank
-whose part is short starts it again), so every rank takes the same number of steps.
+DataLoader workers. Training yields exactly ``length // batch_size`` whole batches per rank
+and epoch (a rank whose part is short starts it again), so every rank takes the same number
+of steps, and that number is ``len(loader)``.
 """
 
 from __future__ import annotations
@@ -24,10 +25,17 @@ def split_stream(stream: IterableDataset, rank: int, world: int, shuffle: bool,
 
 
 class StreamingImages(torch.utils.data.IterableDataset):
-    """Decodes rows of a stream in DataLoader workers; ``length`` None: one pass, unsized."""
+    """Decodes rows of a stream in DataLoader workers; ``length`` None: one pass, unsized.
 
-    def __init__(self, stream: IterableDataset, decoder: Any, length: int | None = None) -> None:
+    With a ``length``, the workers share ``length // batch_size`` whole batches: each DataLoader
+    worker batches its own samples and drop_last drops each worker's partial batch, so quotas
+    that were not multiples of the batch would yield fewer batches than ``len(loader)``.
+    """
+
+    def __init__(self, stream: IterableDataset, decoder: Any, length: int | None = None,
+                 batch_size: int = 1) -> None:
         self.stream, self.decoder, self.length = stream, decoder, length
+        self.batch_size = batch_size
         self.epoch = 0
 
     def __len__(self) -> int:
@@ -41,7 +49,8 @@ class StreamingImages(torch.utils.data.IterableDataset):
         if self.length is None:
             yield from map(self.decoder, self.stream)
             return
-        quota = self.length // workers + (worker < self.length % workers)
+        batches, rest = divmod(self.length // self.batch_size, workers)
+        quota = (batches + (worker < rest)) * self.batch_size
         produced = 0
         while produced < quota:
             self.epoch += 1  # a new shuffle of shards and buffer on every pass
