@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import random
+import zipfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -60,19 +61,28 @@ def resolve_ckpt_path(cfg: DictConfig) -> str | None:
     return path
 
 
+def read_resume_state(ckpt_path: str | None) -> dict[str, Any] | None:
+    """The checkpoint a run continues or evaluates, read once (memory-mapped) for the checks
+    and the W&B id that come before training; Lightning reads it again for the weights."""
+    if not ckpt_path:
+        return None
+    return torch.load(ckpt_path, map_location="cpu", weights_only=True,
+                      mmap=zipfile.is_zipfile(ckpt_path))
+
+
 def batch_split(cfg: DictConfig) -> dict[str, int]:
     """The settings that fix the images per optimizer step, hence the steps per epoch."""
     return {"data.batch_size": int(cfg.data.batch_size),
             "trainer.accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1)}
 
 
-def check_batch_split(ckpt_path: str | None, split: dict[str, int]) -> None:
+def check_batch_split(ckpt: dict[str, Any] | None, ckpt_path: str | None,
+                      split: dict[str, int]) -> None:
     """Refuse to resume with another batch split: the loader would skip the wrong samples
     (its position is in batches) and the restored lr schedule would sit at another point of
     a schedule re-computed for other steps per epoch, all without a word."""
-    if not ckpt_path:
+    if not ckpt:
         return
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
     saved = ckpt.get(BATCH_KEY) or {}
     diffs = [f"{k}={v} (this config: {split[k]})" for k, v in saved.items() if split.get(k) != v]
     if diffs:
@@ -86,12 +96,9 @@ def check_batch_split(ckpt_path: str | None, split: dict[str, int]) -> None:
 # ---------------------------------------------------------------------------- W&B run id
 
 
-def wandb_run_id(ckpt_path: str | None) -> str | None:
+def wandb_run_id(ckpt: dict[str, Any] | None) -> str | None:
     """The W&B run id stored in a checkpoint by :class:`cvt_lab.safeguards.RunGuard`."""
-    if not ckpt_path:
-        return None
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
-    return ckpt.get(WANDB_ID_KEY)
+    return ckpt.get(WANDB_ID_KEY) if ckpt else None
 
 
 def resume_wandb(loggers: DictConfig | None, run_id: str | None) -> None:

@@ -18,7 +18,8 @@ from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
 from .module import CvTModule
-from .resume import batch_split, check_batch_split, resolve_ckpt_path, resume_wandb, wandb_run_id
+from .resume import (batch_split, check_batch_split, read_resume_state, resolve_ckpt_path,
+                     resume_wandb, wandb_run_id)
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
 from .utils import git_commit, print_summary
 from .validate import ConfigError, check_checkpoint_fits, validate
@@ -42,10 +43,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate(cfg)
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
+    ckpt = read_resume_state(ckpt_path)
     split = batch_split(cfg)
     if cfg.train:
-        check_batch_split(ckpt_path, split)
-        resume_wandb(cfg.get("logger"), wandb_run_id(ckpt_path))
+        check_batch_split(ckpt, ckpt_path, split)
+        resume_wandb(cfg.get("logger"), wandb_run_id(ckpt))
     L.seed_everything(cfg.seed, workers=True)
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
 
@@ -55,7 +57,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
                        label_smoothing=cfg.augment.get("label_smoothing", 0.0),
                        ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
                        channels_last=cfg.get("channels_last", False))
-    check_checkpoint_fits(ckpt_path, module)
+    check_checkpoint_fits(ckpt, ckpt_path, module)
+    del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
     try:  # from here on a W&B run may exist: close it whatever happens
         guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints", batch_split=split)

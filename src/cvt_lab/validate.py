@@ -234,19 +234,15 @@ def check_checkpoint(path: str | None) -> None:
                           "model.pretrained=<file> instead")
 
 
-def check_checkpoint_fits(path: str | None, module: Any) -> None:
+def check_checkpoint_fits(ckpt: dict[str, Any] | None, path: str | None, module: Any) -> None:
     """Refuse a checkpoint of another model, class count or EMA setting by what differs,
     before training or testing starts, instead of Lightning's strict load listing every key."""
-    if path is None:
+    if ckpt is None:
         return
-    import torch
+    from .models.checkpoint import state_misfits  # imports torch: keep the module light
 
-    ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    theirs, ours = ckpt["state_dict"], module.state_dict()
-    misfits = ([f"{k} missing" for k in ours if k not in theirs]
-               + [f"{k} unexpected" for k in theirs if k not in ours]
-               + [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(ours[k].shape)}"
-                  for k in ours if k in theirs and theirs[k].shape != ours[k].shape])
+    missing, unexpected, mismatched = state_misfits(module.state_dict(), ckpt["state_dict"])
+    misfits = [f"{k} missing" for k in missing] + [f"{k} unexpected" for k in unexpected] + mismatched
     if not misfits:
         return
     saved, now = ckpt.get("hyper_parameters") or {}, module.hparams

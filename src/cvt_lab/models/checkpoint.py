@@ -204,10 +204,8 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
     if reset_head:
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
         expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = [k for k in state if k not in expected]
-    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    missing, unexpected, mismatched = state_misfits(expected, state)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected or mismatched:
         lines = [f"checkpoint '{ckpt.source}' ({ckpt.format} format, {_describe(state)}) does not "
                  f"fit this CvT ({_describe(expected)}); nothing was loaded."]
@@ -226,6 +224,16 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                             f"the model a new head with {model.config.num_classes}")
         log.warning(report.notes[-1])
     return report
+
+
+def state_misfits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
+                  ) -> tuple[list[str], list[str], list[str]]:
+    """Keys ``state`` lacks, keys it has in excess, and shape mismatches (one line each)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    mismatched = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                  for k in expected if k in state and state[k].shape != expected[k].shape]
+    return missing, unexpected, mismatched
 
 
 def _resample_pos_embeds(model: nn.Module, state: dict[str, torch.Tensor],
