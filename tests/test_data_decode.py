@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,9 +36,11 @@ def test_every_mode_becomes_rgb_with_the_right_colours():
         "RGBA": (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
         "CMYK": (Image.new("CMYK", (4, 4), (0, 0, 0, 0)), (255, 255, 255)),
         "I;16": (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+        "F in [0, 1]": (Image.new("F", (4, 4), 0.5), (128, 128, 128)),  # not black
+        "F in 0-255": (Image.new("F", (4, 4), 77.0), (77, 77, 77)),
     }
     for name, (img, rgb) in cases.items():
-        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode == "I;16" else "PNG")
+        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode in ("I;16", "F") else "PNG")
         out = decode_image(encoded(img, fmt))
         assert out.mode == "RGB", name
         assert tuple(np.asarray(out)[1, 1]) == pytest.approx(rgb, abs=2), name
@@ -59,6 +62,11 @@ def test_corrupt_truncated_and_empty_files_are_named(tmp_path):
         with pytest.raises(ImageDecodeError, match=rf"{name}.*data.skip_corrupt=true") as info:
             decode_image({"bytes": None, "path": str(tmp_path / name)})
         assert info.value.where.endswith(name)
+        # the failed decode closed its file (a run skipping many corrupt files must not
+        # pile up descriptors until the garbage collector finds the traceback)
+        fds = Path("/proc/self/fd")
+        if fds.is_dir():
+            assert not [f for f in fds.iterdir() if f.resolve().name == name], name
     with pytest.raises(ImageDecodeError, match=r"empty \(0 bytes\)"):
         decode_image({"bytes": None, "path": str(tmp_path / "empty.png")})
 

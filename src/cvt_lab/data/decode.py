@@ -7,6 +7,7 @@ import os
 import warnings
 from typing import Any
 
+import numpy as np
 from PIL import Image, ImageOps
 
 SKIP_HINT = "set data.skip_corrupt=true to skip unreadable images"
@@ -39,9 +40,10 @@ def decode_image(value: Any, max_pixels: int | None = None) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data) if data is not None else path)
-            img.load()
-            img = ImageOps.exif_transpose(img)
+            # `with` closes the file also when decoding fails (no descriptor left to the GC)
+            with Image.open(io.BytesIO(data) if data is not None else path) as opened:
+                opened.load()
+                img = ImageOps.exif_transpose(opened)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(
             f"refusing {where}: {err}. It may be a decompression bomb; remove it, or if it is a "
@@ -58,6 +60,8 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Every PIL mode to RGB: transparency composited on white, 16/32-bit scaled to 8-bit."""
     if img.mode == "RGB":
         return img
+    if img.mode == "F":
+        return _float_to_rgb(img)
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
     if img.mode == "P" and "transparency" in img.info:
@@ -67,3 +71,17 @@ def to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return img.convert("RGB")
+
+
+def _float_to_rgb(img: Image.Image) -> Image.Image:
+    """32-bit float images (TIFF, scientific data) hold [0, 1] by convention, or 0-255.
+
+    PIL's own conversion clips to 0-255 and so turns a [0, 1] image black. NaN and inf
+    pixels become 0 and 255 as their sign says.
+    """
+    pixels = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0, posinf=255.0, neginf=0.0)
+    finite_max = pixels.max(initial=0.0)
+    if finite_max <= 1.0:
+        pixels = pixels * 255.0
+    gray = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))  # 2-D uint8: mode L
+    return gray.convert("RGB")
