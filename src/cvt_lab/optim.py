@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .validate import OPTIMIZERS, SCHEDULES, one_of
+
 
 def effective_lr(cfg: dict[str, Any], lr_key: str = "lr") -> float:
     ref = cfg.get("ref_batch")
@@ -67,7 +69,7 @@ def build_optimizer(model: nn.Module, cfg: dict[str, Any]) -> torch.optim.Optimi
     if name == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=cfg.get("momentum", 0.9),
                                nesterov=cfg.get("nesterov", False), fused=fused)
-    raise ValueError(f"unknown optimizer.name '{name}'; choose adamw or sgd")
+    raise ValueError(f"unknown optimizer.name '{name}'; choose {one_of(OPTIMIZERS)}")
 
 
 def lr_factor(step: int, total: int, warmup: int, start: float, end: float, kind: str,
@@ -99,8 +101,8 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_c
     end = cfg.get("min_lr", 0.0) / peak
     milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]
     kind = cfg["name"]
-    if kind not in ("cosine", "constant", "step"):
-        raise ValueError(f"unknown scheduler.name '{kind}'; choose cosine, constant or step")
+    if kind not in SCHEDULES:
+        raise ValueError(f"unknown scheduler.name '{kind}'; choose {one_of(SCHEDULES)}")
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, warmup, start, end, kind, milestones,
                                        cfg.get("gamma", 0.1)))

@@ -26,6 +26,15 @@ CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 KEYED_GROUPS = ("model", "data", "augment", "optimizer", "scheduler")
 
 
+# The names optim.py builds (kept here, torch-free, so configs are checked before torch loads)
+OPTIMIZERS = ("adamw", "sgd")
+SCHEDULES = ("cosine", "constant", "step")
+
+
+def one_of(names: tuple[str, ...]) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1]
+
+
 class ConfigError(ValueError):
     """A config that cannot run; the message names the key and the fix."""
 
@@ -72,8 +81,8 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
-    "optimizer.name": (lambda v: v in ("adamw", "sgd"), "adamw or sgd"),
-    "scheduler.name": (lambda v: v in ("cosine", "constant", "step"), "cosine, constant or step"),
+    "optimizer.name": (lambda v: v in OPTIMIZERS, one_of(OPTIMIZERS)),
+    "scheduler.name": (lambda v: v in SCHEDULES, one_of(SCHEDULES)),
     "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0),
                                   "a number >= 0 (0 or null: no clipping)"),
     "augment.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
