@@ -19,7 +19,8 @@ from omegaconf import OmegaConf
 from conftest import ROOT, compose_config, run_cli
 from cvt_lab.data import ImageDataModule
 from cvt_lab.module import BEST_KEY, CvTModule
-from cvt_lab.resume import ResumableLoader, ResumableSampler, find_resume_checkpoint
+from cvt_lab.resume import (LENGTH_KEY, ResumableLoader, ResumableSampler,
+                             find_resume_checkpoint, warn_length_change)
 from cvt_lab.train import run
 from cvt_lab.validate import ConfigError
 
@@ -91,8 +92,11 @@ def logged_epochs_and_steps(run_dir: Path) -> tuple[set[int], list[int]]:
 
 def test_resuming_a_finished_epoch_continues_the_epoch_and_step_counters(one_epoch, tmp_path):
     first, _ = one_epoch
-    run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", "test=false",
-                    f"ckpt_path={first}/checkpoints/last.ckpt"], tmp_path)
+    # training on past the first run's end is allowed, with a word on the lr schedule
+    with pytest.warns(UserWarning, match=re.escape("trainer.max_epochs=1 (this run: 2): the lr "
+                                                   "schedule is re-computed")):
+        run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", "test=false",
+                        f"ckpt_path={first}/checkpoints/last.ckpt"], tmp_path)
     epochs_before, steps_before = logged_epochs_and_steps(first)
     epochs_after, steps_after = logged_epochs_and_steps(tmp_path)
     assert epochs_before == {0} and epochs_after == {1}  # epoch 0 is not repeated
@@ -114,6 +118,17 @@ def test_resuming_with_another_batch_split_is_refused_before_training(one_epoch,
         run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", change, f"ckpt_path={last}"],
                        tmp_path)
     assert not (tmp_path / "csv").exists()  # refused before any logger started
+
+
+def test_a_resume_of_the_same_length_says_nothing_about_the_schedule(one_epoch, recwarn):
+    first, _ = one_epoch
+    ckpt = torch.load(first / "checkpoints/last.ckpt", weights_only=True)
+    length = ckpt[LENGTH_KEY]
+    assert length == {"trainer.max_epochs": 1, "trainer.max_steps": -1}
+    warn_length_change(ckpt, "last.ckpt", length)
+    assert not [w for w in recwarn if "lr schedule" in str(w.message)]
+    with pytest.warns(UserWarning, match=re.escape("trainer.max_steps=-1 (this run: 50)")):
+        warn_length_change(ckpt, "last.ckpt", {**length, "trainer.max_steps": 50})
 
 
 def test_eval_mode_reproduces_the_test_accuracy_logged_after_training(one_epoch, tmp_path):

@@ -26,6 +26,7 @@ from .validate import ConfigError, check_checkpoint
 
 WANDB_ID_KEY = "wandb_run_id"  # top-level key of our checkpoints
 BATCH_KEY = "batch_split"  # top-level key: what one optimizer step trained on
+LENGTH_KEY = "run_length"  # top-level key: the length the lr schedule was computed for
 
 
 # ------------------------------------------------------------------ finding the checkpoint
@@ -74,6 +75,32 @@ def batch_split(cfg: DictConfig) -> dict[str, int]:
     """The settings that fix the images per optimizer step, hence the steps per epoch."""
     return {"data.batch_size": int(cfg.data.batch_size),
             "trainer.accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1)}
+
+
+def run_length(cfg: DictConfig) -> dict[str, int]:
+    """The settings the lr schedule's length comes from."""
+    return {"trainer.max_epochs": int(cfg.trainer.get("max_epochs") or -1),
+            "trainer.max_steps": int(cfg.trainer.get("max_steps") or -1)}
+
+
+def run_shape(cfg: DictConfig) -> dict[str, dict[str, int]]:
+    """What every checkpoint records for the checks of a later resume."""
+    return {BATCH_KEY: batch_split(cfg), LENGTH_KEY: run_length(cfg)}
+
+
+def warn_length_change(ckpt: dict[str, Any] | None, ckpt_path: str | None,
+                       length: dict[str, int]) -> None:
+    """Say so when a resumed run is longer or shorter than the one it continues: a legitimate
+    way to train on, but the lr schedule is re-computed for the new length, so the lr jumps
+    (extending a finished cosine starts it again from mid-height)."""
+    saved = (ckpt or {}).get(LENGTH_KEY) or {}
+    diffs = [f"{k}={v} (this run: {length[k]})" for k, v in saved.items() if length.get(k) != v]
+    if diffs:
+        rank_zero_warn(
+            f"ckpt_path={ckpt_path} was trained with {', '.join(diffs)}: the lr schedule is "
+            "re-computed for this run's length, so the lr continues from another point of it "
+            "(a finished cosine starts again part-way up). To continue the original schedule, "
+            "resume with its values.")
 
 
 def check_batch_split(ckpt: dict[str, Any] | None, ckpt_path: str | None,

@@ -20,7 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from .resume import BATCH_KEY, WANDB_ID_KEY
+from .resume import WANDB_ID_KEY
 
 FIXES = ("Usual fixes: lower optimizer.lr or lengthen the warmup (scheduler.warmup_epochs), "
          "clip gradients (trainer.gradient_clip_val=1.0), train in full precision "
@@ -80,13 +80,13 @@ class RunGuard(L.Callback):
 
     Args:
         dirpath: the run's checkpoint directory (where ``last.ckpt`` lives).
-        batch_split: recorded in every checkpoint, so a resume with another one is refused
-            (:func:`cvt_lab.resume.check_batch_split`).
+        records: top-level entries written into every checkpoint, for the checks of a later
+            resume (:func:`cvt_lab.resume.run_shape`).
     """
 
-    def __init__(self, dirpath: str, batch_split: dict[str, int] | None = None) -> None:
+    def __init__(self, dirpath: str, records: dict[str, Any] | None = None) -> None:
         self.dirpath = Path(dirpath)
-        self.batch_split = batch_split
+        self.records = records or {}
         self.sigterm_checkpoint: str | None = None
         self._sigterm_pending = False
         self._requeue_pending = False  # noted by this rank's handler
@@ -166,8 +166,7 @@ class RunGuard(L.Callback):
         run_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if run_id:
             checkpoint[WANDB_ID_KEY] = run_id
-        if self.batch_split:
-            checkpoint[BATCH_KEY] = self.batch_split
+        checkpoint.update(self.records)
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
                      exception: BaseException) -> None:

@@ -18,8 +18,9 @@ from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
 from .module import CvTModule
-from .resume import (batch_split, check_batch_split, read_resume_state, resolve_ckpt_path,
-                     resume_wandb, wandb_run_id)
+from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, read_resume_state,
+                     resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
+                     warn_length_change)
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
 from .utils import git_commit, print_summary
 from .validate import ConfigError, check_checkpoint_fits, validate
@@ -44,9 +45,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
     ckpt = read_resume_state(ckpt_path)
-    split = batch_split(cfg)
+    shape = run_shape(cfg)
     if cfg.train:
-        check_batch_split(ckpt, ckpt_path, split)
+        check_batch_split(ckpt, ckpt_path, shape[BATCH_KEY])
+        warn_length_change(ckpt, ckpt_path, shape[LENGTH_KEY])
         resume_wandb(cfg.get("logger"), wandb_run_id(ckpt))
     L.seed_everything(cfg.seed, workers=True)
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
@@ -61,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
     del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
     try:  # from here on a W&B run may exist: close it whatever happens
-        guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints", batch_split=split)
+        guard = RunGuard(dirpath=f"{cfg.paths.output_dir}/checkpoints", records=shape)
         callbacks = [*instantiate_all(cfg.get("callbacks")), guard]
         if not loggers:  # logger=none: an lr monitor has nowhere to write
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
