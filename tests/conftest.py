@@ -33,6 +33,13 @@ def make_cfg(tmp_path):
     GlobalHydra.instance().clear()
 
 
+def dead_pid() -> int:
+    """The pid of a process that has exited (what a killed writer leaves in file names)."""
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
 def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None
             ) -> subprocess.CompletedProcess:
     """Run `python run.py ARGS` in a subprocess (for DDP, sweeps and real CLI behaviour)."""

@@ -8,6 +8,7 @@ import os
 import re
 import time
 import signal
+import socket
 from pathlib import Path
 
 import lightning as L
@@ -16,7 +17,7 @@ import torch
 
 from omegaconf import OmegaConf
 
-from conftest import ROOT, compose_config, run_cli
+from conftest import ROOT, compose_config, dead_pid, run_cli
 from cvt_lab.data import ImageDataModule
 from cvt_lab.module import BEST_KEY, CvTModule
 from cvt_lab.resume import (LENGTH_KEY, ResumableLoader, ResumableSampler,
@@ -65,8 +66,12 @@ def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path):
     state = torch.load(last, weights_only=True)
     assert (state["epoch"], state["global_step"]) == (1, 4)
 
+    # had the kill hit a checkpoint write, its partial file would lie beside last.ckpt
+    leftover = last.with_name(f".last.ckpt.tmp-{socket.gethostname()}-{dead_pid()}")
+    leftover.write_bytes(b"partial")
     resumed = tmp_path / "logs/kill9/runs/2_resumed"
     run_in_process([*common, "resume=auto"], resumed)
+    assert not leftover.exists()
     straight = tmp_path / "straight"
     run_in_process(common, straight)
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import socket
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import ROOT, dead_pid
 from cvt_lab.module import CvTModule
-from cvt_lab.safeguards import AtomicCheckpointIO, NonFiniteError
+from cvt_lab.safeguards import AtomicCheckpointIO, NonFiniteError, remove_stale_temps
 from cvt_lab.validate import ConfigError, check_checkpoint
 from test_reliability_resume import TINY, run_in_process
 
@@ -44,6 +45,22 @@ def test_a_failed_checkpoint_write_keeps_the_previous_file(tmp_path, monkeypatch
     monkeypatch.undo()
     io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)  # and a good write lands
     assert torch.equal(torch.load(target, weights_only=True)["state_dict"]["w"], torch.zeros(3))
+
+
+def test_partial_checkpoints_of_killed_writers_are_removed_and_live_ones_kept(tmp_path):
+    """kill -9 during a write leaves a hidden partial file (gigabytes for big models): the
+    next write into that folder, or a resume from it, removes it."""
+    host = socket.gethostname()
+    leftover = tmp_path / f".last.ckpt.tmp-{host}-{dead_pid()}"
+    live = tmp_path / f".last.ckpt.tmp-{host}-{os.getpid()}"  # a writer at work
+    other_host = tmp_path / f".last.ckpt.tmp-elsewhere-{dead_pid()}"  # its pid means nothing here
+    for path in (leftover, live, other_host):
+        path.write_bytes(b"partial")
+    AtomicCheckpointIO().save_checkpoint({"w": torch.ones(1)}, tmp_path / "epoch1.ckpt")
+    assert not leftover.exists() and live.exists() and other_host.exists()
+    assert (tmp_path / "epoch1.ckpt").exists()
+    leftover.write_bytes(b"partial")
+    assert remove_stale_temps(tmp_path) == [leftover]  # what a resume from this folder runs
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):

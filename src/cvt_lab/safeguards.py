@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,41 @@ class NonFiniteError(RuntimeError):
     """The loss or the weights became NaN/inf; the message names the step and the fixes."""
 
 
+TEMP_MARK = ".tmp-"
+
+
+def _temp_path(target: Path) -> Path:
+    """Where a checkpoint is written before it is renamed into place: hidden, and named by
+    host and process, so a crashed writer's leftover can be told from a live one's."""
+    return target.with_name(f".{target.name}{TEMP_MARK}{socket.gethostname()}-{os.getpid()}")
+
+
+def remove_stale_temps(folder: str | Path) -> list[Path]:
+    """Delete the partial checkpoints of writers on this host that died mid-write (kill -9,
+    OOM kill): each can be gigabytes. Files of live processes and other hosts stay."""
+    prefix = f"{TEMP_MARK}{socket.gethostname()}-"
+    removed = []
+    for path in Path(folder).glob(f".*{prefix}*"):
+        pid = path.name.rpartition(prefix)[2]
+        if pid.isdigit() and not _alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    if removed:
+        rank_zero_info(f"removed {len(removed)} partial checkpoint(s) left by a killed run: "
+                       + ", ".join(str(p) for p in removed))
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes each checkpoint to a temporary file beside it, then renames it into place.
 
@@ -44,7 +80,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+        remove_stale_temps(target.parent)
+        tmp = _temp_path(target)
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import hydra
@@ -21,7 +22,7 @@ from .module import CvTModule
 from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, read_resume_state,
                      resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
                      warn_length_change)
-from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard
+from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard, remove_stale_temps
 from .utils import git_commit, print_summary
 from .validate import ConfigError, check_checkpoint_fits, validate
 
@@ -45,6 +46,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
     ckpt = read_resume_state(ckpt_path)
+    if ckpt_path:  # the interrupted run may have been killed while writing a checkpoint
+        remove_stale_temps(Path(ckpt_path).parent)
     shape = run_shape(cfg)
     if cfg.train:
         check_batch_split(ckpt, ckpt_path, shape[BATCH_KEY])
