@@ -225,6 +225,43 @@ def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp
         torch.testing.assert_close(restored(images), module.ema.module(images))
 
 
+# ---------------------------------------------------------------- DDP
+
+class RankRecord(L.Callback):
+    """Saves this rank's training losses and its final global RNG state to <out>/rank<r>.pt
+    (ddp_spawn's children cannot hand objects back)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.losses = out, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({"losses": self.losses, "rng": torch.get_rng_state()},
+                   self.out / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_their_own_drop_path_yet_keep_the_global_rng_alike(tmp_path):
+    # every sample is one image, so both ranks train on the same batches with the same
+    # weights: their losses can differ only through their stochastic-depth masks
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(16, dtype=torch.long)
+    data = DataLoader(TensorDataset(image.expand(16, -1, -1, -1).clone(), labels, labels),
+                      batch_size=4)
+    module = tiny_module(model={**TINY, "drop_path": 0.5})
+    trainer(max_steps=2, devices=2, strategy="ddp_spawn",
+            callbacks=[RankRecord(tmp_path)]).fit(module, data)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(first["losses"]) == len(second["losses"]) == 2
+    for a, b in zip(first["losses"], second["losses"]):
+        assert a != pytest.approx(b, rel=1e-6)
+    # checkpoints hold rank 0's RNG state: it resumes every rank exactly only if the ranks'
+    # global RNGs stayed alike
+    assert torch.equal(first["rng"], second["rng"])
+
+
 # ---------------------------------------------------------------- precision and layout
 
 def test_bf16_mixed_trains_on_cpu_with_channels_last():
