@@ -196,6 +196,21 @@ def test_a_resumed_optimizer_keeps_this_runs_kernel_choice(tmp_path):
     assert resumed.global_step == 2 and not resumed.optimizers[0].param_groups[0]["fused"]
 
 
+# ---------------------------------------------------------------- metrics
+
+def test_train_acc1_counts_each_mixed_image_against_its_own_label():
+    module = tiny_module()
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        labels = module.net(images).argmax(1)  # the one batch's logits predict every own label
+    partners = (labels + 1) % 10
+    # soft targets whose argmax is another class, as Mixup with lambda 0.3 gives
+    targets = 0.3 * F.one_hot(labels, 10) + 0.7 * F.one_hot(partners, 10)
+    trn = trainer(max_epochs=1)
+    trn.fit(module, DataLoader(TensorDataset(images, targets.float(), labels), batch_size=8))
+    assert float(trn.callback_metrics["train/acc1"]) == 1.0
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):
