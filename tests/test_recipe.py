@@ -196,6 +196,21 @@ def test_a_resumed_optimizer_keeps_this_runs_kernel_choice(tmp_path):
     assert resumed.global_step == 2 and not resumed.optimizers[0].param_groups[0]["fused"]
 
 
+# ---------------------------------------------------------------- metrics
+
+def test_train_acc1_counts_each_mixed_image_against_its_own_label():
+    module = tiny_module()
+    images = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        labels = module.net(images).argmax(1)  # the one batch's logits predict every own label
+    partners = (labels + 1) % 10
+    # soft targets whose argmax is another class, as Mixup with lambda 0.3 gives
+    targets = 0.3 * F.one_hot(labels, 10) + 0.7 * F.one_hot(partners, 10)
+    trn = trainer(max_epochs=1)
+    trn.fit(module, DataLoader(TensorDataset(images, targets.float(), labels), batch_size=8))
+    assert float(trn.callback_metrics["train/acc1"]) == 1.0
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):
@@ -223,6 +238,43 @@ def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp
     restored = CvTModule.load_from_checkpoint(path, weights_only=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(restored(images), module.ema.module(images))
+
+
+# ---------------------------------------------------------------- DDP
+
+class RankRecord(L.Callback):
+    """Saves this rank's training losses and its final global RNG state to <out>/rank<r>.pt
+    (ddp_spawn's children cannot hand objects back)."""
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.losses = out, []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.losses.append(float(outputs["loss"]))
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        torch.save({"losses": self.losses, "rng": torch.get_rng_state()},
+                   self.out / f"rank{trainer.global_rank}.pt")
+
+
+@pytest.mark.slow
+def test_ddp_ranks_draw_their_own_drop_path_yet_keep_the_global_rng_alike(tmp_path):
+    # every sample is one image, so both ranks train on the same batches with the same
+    # weights: their losses can differ only through their stochastic-depth masks
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    labels = torch.zeros(16, dtype=torch.long)
+    data = DataLoader(TensorDataset(image.expand(16, -1, -1, -1).clone(), labels, labels),
+                      batch_size=4)
+    module = tiny_module(model={**TINY, "drop_path": 0.5})
+    trainer(max_steps=2, devices=2, strategy="ddp_spawn",
+            callbacks=[RankRecord(tmp_path)]).fit(module, data)
+    first, second = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert len(first["losses"]) == len(second["losses"]) == 2
+    for a, b in zip(first["losses"], second["losses"]):
+        assert a != pytest.approx(b, rel=1e-6)
+    # checkpoints hold rank 0's RNG state: it resumes every rank exactly only if the ranks'
+    # global RNGs stayed alike
+    assert torch.equal(first["rng"], second["rng"])
 
 
 # ---------------------------------------------------------------- precision and layout

@@ -84,3 +84,28 @@ def test_folder_jobs_get_params_and_macs_from_their_checkpoint(tmp_path):
     row = report.report(tmp_path, wandb_mode="disabled")["rows"][0]
     model = create_model("cvt_tiny", num_classes=3)
     assert row[-2:] == [count_params(model), count_macs(model, 32) / 1e6]
+
+
+def test_a_job_rerun_in_its_old_dir_reports_its_own_outcome_only(tmp_path):
+    # a fixed hydra.sweep.dir (or hydra.run.dir) runs job 0 again in the same dir: the earlier
+    # run's metrics.json, failed.json and CSV log must not pass for this run's outcome
+    from cvt_lab.sweep import run_job
+
+    job = tmp_path / "0"
+    job_started_but_never_logged(job)
+    cfg = compose_config(["logger=csv"], job)
+    run_job(cfg, lambda c: {"val/acc1_best": 0.9})
+    (job / "csv").mkdir()
+    (job / "csv" / "metrics.csv").write_text("epoch,step,val/acc1\n0,2,0.9\n")
+
+    def out_of_memory(c):
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        run_job(cfg, out_of_memory)  # failed before its logger started
+    again = report.read_job(job, tmp_path)
+    assert (again.status, again.error, again.metrics) == ("failed", "RuntimeError: out of memory", {})
+
+    run_job(cfg, lambda c: {"val/acc1_best": 0.5})
+    (fixed,) = report.collect(tmp_path)
+    assert (fixed.status, fixed.error, fixed.metrics) == ("ok", None, {"val/acc1_best": 0.5})

@@ -9,7 +9,7 @@ import json
 import pytest
 import yaml
 
-from conftest import run_cli
+from conftest import compose_config, run_cli
 from cvt_lab import report
 
 TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2",
@@ -134,3 +134,31 @@ def test_optuna_search_resumes_a_study_from_its_sqlite_file(tmp_path):
     trials = optuna.load_study(study_name="cvt_lab", storage=url).trials
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert yaml.safe_load((out / "optimization_results.yaml").read_text())["best_value"] == 2.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="needs the [sweep] extra (hydra-optuna-sweeper)")
+def test_a_resumed_study_samples_new_params_not_its_first_trials_again(tmp_path):
+    # every search starts its sampler from hydra.sweeper.sampler.seed (= seed): a search that
+    # extended a stored study drew the stored first trials' params again, trial for trial
+    import optuna
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    compose_config(["hparams_search=optuna"], tmp_path)
+    sampler_cfg = HydraConfig.get().sweeper.sampler  # what the Optuna sweeper instantiates
+
+    def search(db: str, trials: int) -> list[float]:  # a new sampler each time, as in run.py
+        study = optuna.create_study(study_name="cvt_lab", storage=f"sqlite:///{tmp_path / db}",
+                                    direction="maximize",
+                                    sampler=instantiate(sampler_cfg), load_if_exists=True)
+        drawn = []
+        for _ in range(trials):
+            trial = study.ask()
+            drawn.append(trial.suggest_float("optimizer.lr", 1e-4, 1e-2, log=True))
+            study.tell(trial, 0.5)
+        return drawn
+
+    first, extended = search("a.db", 2), search("a.db", 2)
+    assert len(set(first + extended)) == 4
+    assert search("b.db", 2) == first  # a new study still draws reproducibly from the seed

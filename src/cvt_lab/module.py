@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Any
 
 import lightning as L
@@ -18,6 +19,7 @@ from .models import CvT, create_model
 from .models.checkpoint import CONFIG_KEY
 from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
+from .resume import rank_stream
 
 BEST_KEY = "val_acc1_best"  # top-level key of our checkpoints: the best val/acc1 so far
 
@@ -113,7 +115,11 @@ class CvTModule(L.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, targets, labels = batch
-        logits = self.net(self._inputs(images))
+        # under DDP each rank its own dropout and drop-path masks (one process keeps drawing
+        # from the global RNG, as it always has)
+        ddp = self.trainer.world_size > 1
+        with rank_stream(self.global_rank, images.device) if ddp else nullcontext():
+            logits = self.net(self._inputs(images))
         if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already inside)
             loss = soft_cross_entropy(logits, targets)
         else:

@@ -25,7 +25,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from .sweep import FAILED_FILE, METRICS_FILE, wandb_group
+from .sweep import CSV_LOG, FAILED_FILE, METRICS_FILE, wandb_group
 
 OUTPUTS = ("report.md", "report.csv", "report.png")
 # metric columns shown when present: (metric key, header); accuracies are shown in percent
@@ -69,7 +69,7 @@ def read_metrics(job_dir: Path) -> dict[str, float]:
     summary = job_dir / METRICS_FILE
     if summary.is_file():
         return {k: float(v) for k, v in json.loads(summary.read_text()).items()}
-    table = job_dir / "csv" / "metrics.csv"
+    table = job_dir / CSV_LOG
     if not table.is_file():
         return {}
     last: dict[str, float] = {}

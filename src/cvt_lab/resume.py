@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import random
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -222,6 +223,23 @@ def rng_state() -> dict[str, Any]:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
+
+
+@contextmanager
+def rank_stream(rank: int, device: torch.device) -> Iterator[None]:
+    """Inside the block, torch draws this rank's own random numbers.
+
+    Under DDP every rank holds the same global RNG state (one seed; rank 0's state comes back
+    on resume), so drawing from it gives every rank the same numbers. Take one seed from it
+    (advancing it alike on every rank, so a checkpoint's RNG state resumes every rank
+    exactly) and draw from a stream of that seed plus the rank; the global state is left as
+    it was after taking the seed.
+    """
+    seed = int(torch.randint(2**62, ()))
+    cuda = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):
+        torch.manual_seed(seed + rank)
+        yield
 
 
 def set_rng_state(state: dict[str, Any]) -> None:

@@ -25,11 +25,13 @@ log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 FAILED_FILE = "failed.json"
+CSV_LOG = "csv/metrics.csv"  # the CSV logger's table (conf/logger): the report's fallback
 
 
 def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> dict[str, float]:
     """``run(cfg)`` with its outcome written to ``cfg.paths.output_dir``."""
     out = Path(cfg.paths.output_dir)
+    clear_outcome(out)
     if is_multirun():
         name_wandb_run(cfg)
     try:
@@ -63,6 +65,14 @@ def wandb_group(task_name: str, sweep_dir: str | Path) -> str:
 
 
 @rank_zero_only
+def clear_outcome(out: Path) -> None:
+    """Remove an earlier run's outcome from a job dir that is used again (a fixed
+    ``hydra.sweep.dir`` or ``hydra.run.dir``), so the report does not read it as this one's."""
+    for name in (METRICS_FILE, FAILED_FILE, CSV_LOG):
+        (out / name).unlink(missing_ok=True)
+
+
+@rank_zero_only
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -80,4 +90,4 @@ def is_multirun() -> bool:
 
 
 __all__ = ["run_job", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
-           "FAILED_FILE"]
+           "FAILED_FILE", "CSV_LOG"]

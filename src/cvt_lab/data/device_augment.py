@@ -7,6 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..resume import rank_stream
 from .mixing import MixupCutmix, RandomErasing
 from .randaugment import RandAugment
 
@@ -41,14 +42,8 @@ class DeviceAugment(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if not (train and (self.randaugment or self.erasing or self.mix)):
             return (*self._augment(images, labels, train), labels)
-        # Under DDP every rank holds the same global RNG state (one seed; rank 0's state comes
-        # back on resume), so drawing from it would give every rank the same RandAugment ops,
-        # Mixup lambda and erasing boxes. Take one seed from it (advancing it alike on every
-        # rank, so resume stays exact) and augment from a stream of that seed and the rank.
-        seed = int(torch.randint(2**62, ()))
-        cuda = [images.device.index or 0] if images.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):
-            torch.manual_seed(seed + rank)
+        # each DDP rank its own RandAugment ops, Mixup lambda and erasing boxes
+        with rank_stream(rank, images.device):
             x, targets = self._augment(images, labels, train)
         return x, targets, labels
 
