@@ -295,3 +295,15 @@ def test_a_training_checkpoint_builds_the_network_it_trained(tmp_path):
     named = create_model("cvt_tiny", num_classes=4, token_embed="patch", stride_kv=1,
                          pretrained=tmp_path / "last.ckpt")
     assert named.config.activation == "gelu"
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "net._orig_mod."])
+def test_state_dicts_of_compiled_and_wrapped_models_load(tmp_path, prefix):
+    # torch.compile(model).state_dict() names every key '_orig_mod.<name>' (under DDP:
+    # 'module._orig_mod.'): such files failed as 'not a CvT state dict'
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    torch.save({prefix + k: v for k, v in src.state_dict().items()}, tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth")
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k

@@ -27,7 +27,8 @@ from .keymap import rename_keys
 log = logging.getLogger(__name__)
 
 _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest the weights
-_PREFIXES = ("module.", "model.", "net.")  # DDP / LightningModule attribute names
+# DDP / LightningModule attribute names, and torch.compile's wrapper (OptimizedModule)
+_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
