@@ -168,6 +168,20 @@ def test_grad_checkpointing_gives_the_same_gradients():
         torch.testing.assert_close(p.grad, plain[n], msg=n)
 
 
+def test_grad_checkpointing_updates_batchnorm_statistics_once():
+    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
+    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
+    model = tiny(drop_path=0.0)
+    plain = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    for net in (model, plain):
+        net(x).sum().backward()
+    for (name, b), ref in zip(model.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(b, ref, atol=0, rtol=0, msg=name)
+    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
+
+
 def test_every_gradient_has_its_parameters_strides():
     """DDP lays its gradient buckets out like the parameters and warns (and copies) on every
     step when a gradient's strides differ: the depthwise convs' weights are made to match."""
@@ -201,6 +215,19 @@ def test_torch_compile_full_graph_train_and_eval():
     assert model.head.weight.grad is not None
     model.eval()
     torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+def test_torch_compile_full_graph_with_grad_checkpointing():
+    model = tiny(drop_path=0.0)
+    plain = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(model, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    plain(x).sum().backward()
+    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, msg=name)
+    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
 
 
 @pytest.mark.slow
