@@ -307,3 +307,22 @@ def test_state_dicts_of_compiled_and_wrapped_models_load(tmp_path, prefix):
     model = create_model(pretrained=tmp_path / "w.pth")
     for k, v in src.state_dict().items():
         assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_fused_weights_reload_into_a_fused_model_and_misfits_say_so(tmp_path):
+    # a state dict saved after fuse_bn() failed to load with 48 missing BatchNorm keys and
+    # no word on the fix
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    randomise_bn(src)
+    fused = src.eval().fuse_bn()
+    torch.save(fused.state_dict(), tmp_path / "fused.pth")
+    with pytest.raises(CheckpointError, match=r"saved after fuse_bn\(\).*model\.eval\(\)\.fuse_bn\(\)"):
+        create_model(pretrained=tmp_path / "fused.pth")
+    model = create_model("cvt_tiny", num_classes=3).eval().fuse_bn()
+    load_pretrained(model, tmp_path / "fused.pth")
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), fused(x), atol=0, rtol=0)
+    torch.save(create_model("cvt_tiny", num_classes=3).state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"before fuse_bn\(\)"):
+        load_pretrained(model, tmp_path / "plain.pth")

@@ -216,6 +216,12 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                 lines.append(f"  {len(items)} {title}: {_listing(items)}")
         if any(m.startswith("head.") for m in mismatched):
             lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
+        fused_state, fused_model = _bn_fused(state), _bn_fused(expected)
+        if fused_state and not fused_model:
+            lines.append("  (the checkpoint was saved after fuse_bn(): build the model, call "
+                         "model.eval().fuse_bn(), then load_pretrained(model, path))")
+        elif fused_model and not fused_state:
+            lines.append("  (the model is BatchNorm-fused: load the checkpoint before fuse_bn())")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=False)  # every key was checked above
     for note in report.notes:
@@ -225,6 +231,11 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                             f"the model a new head with {model.config.num_classes}")
         log.warning(report.notes[-1])
     return report
+
+
+def _bn_fused(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is of a model after fuse_bn(): its projection convs have biases."""
+    return any(re.search(r"\.conv_proj_[qkv]\.conv\.bias$", k) for k in state)
 
 
 def state_misfits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]
