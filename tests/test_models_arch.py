@@ -148,6 +148,15 @@ def test_q_projection_that_would_shrink_the_query_grid_is_refused():
     assert tiny(projection="avg", stride_q=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
+def test_rates_outside_zero_to_one_are_refused():
+    # drop_path=1.0 built and trained on NaN (the last block's kept fraction 0 divides the
+    # mask); 1.5 failed in forward with 'bernoulli_ expects p to be in [0, 1], but got p=-0.5'
+    for name, value in (("drop_path", 1.0), ("drop_path", 1.5), ("attn_drop", 1.5),
+                        ("drop_rate", -0.1)):
+        with pytest.raises(ValueError, match=rf"'{name}' got {value}; a rate must be in \[0, 1\)"):
+            tiny(**{name: value})
+
+
 def test_drop_path_drops_the_residual_branch_per_sample():
     drop = DropPath(0.5).train()
     out = drop(torch.ones(1000, 4))

@@ -112,6 +112,10 @@ class CvTConfig:
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if dim % heads:
                 raise ValueError(f"embed dim {dim} is not divisible by its {heads} heads")
+        for name in ("drop_rate", "attn_drop", "drop_path"):  # 1 would drop everything
+            for rate in getattr(self, name):  # (drop path: then divide by its keep rate, 0)
+                if not 0 <= rate < 1:
+                    raise ValueError(f"CvT option '{name}' got {rate}; a rate must be in [0, 1)")
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
