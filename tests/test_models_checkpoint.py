@@ -326,3 +326,18 @@ def test_fused_weights_reload_into_a_fused_model_and_misfits_say_so(tmp_path):
     torch.save(create_model("cvt_tiny", num_classes=3).state_dict(), tmp_path / "plain.pth")
     with pytest.raises(CheckpointError, match=r"before fuse_bn\(\)"):
         load_pretrained(model, tmp_path / "plain.pth")
+
+
+def test_bare_weights_of_another_token_embedding_are_refused_not_guessed(tmp_path):
+    # a bare state dict records kernels but no strides or paddings: the patch-embedding
+    # ablation (kernel 2 = stride, padding 0) loaded as a kernel-2 conv with the preset's
+    # padding 1, silently another network
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, token_embed=("patch", "conv", "conv")).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"stage 0 token embedding has a 2x2 kernel, preset "
+                       r"cvt_tiny's 3x3.*pass token_embed=\.\.\. or patch_stride/patch_padding"):
+        create_model(pretrained=tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth", token_embed=("patch", "conv", "conv")).eval()
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)

@@ -138,8 +138,9 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
     """The config of an original-format state dict: widths, depths, kernels, tokens from the
-    shapes; head counts and strides (which no shape records) from the preset of the same
-    widths and depths, or from ``overrides``."""
+    shapes; head counts, strides and paddings (which no shape records) from the preset of the
+    same widths and depths, or from ``overrides``. A token-embedding kernel other than the
+    preset's is refused unless ``overrides`` say how it strides and pads."""
     stages = sorted(int(m.group(1)) for k in state_dict
                     if (m := re.match(r"stage(\d+)\.patch_embed\.proj\.weight$", k)))
     if not stages:
@@ -168,6 +169,14 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
         raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
                               f"({sorted(PRESETS)}); pass num_heads=... (and any non-default "
                               "strides) to build it")
+    base = preset_config(preset) if preset else CvTConfig()
+    if not {"token_embed", "patch_stride", "patch_padding"} & set(overrides):
+        for i, k in enumerate(shape_fields["patch_size"]):
+            if k != base.patch_size[i]:  # the stride and padding that go with it are unknown
+                raise CheckpointError(
+                    f"stage {i} token embedding has a {k}x{k} kernel, preset {preset or 'cvt13'}'s "
+                    f"{base.patch_size[i]}x{base.patch_size[i]}, and weights record no stride or "
+                    "padding: pass token_embed=... or patch_stride/patch_padding")
     fields = {**shape_fields, **overrides}
     config = preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
     if any(config.pos_embed) and "img_size" not in overrides:
