@@ -341,3 +341,18 @@ def test_bare_weights_of_another_token_embedding_are_refused_not_guessed(tmp_pat
     model = create_model(pretrained=tmp_path / "w.pth", token_embed=("patch", "conv", "conv")).eval()
     x = torch.randn(2, 3, 32, 40)
     torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def test_transformers_weights_of_two_stages_give_transformers_logits(tmp_path):
+    # transformers' CvT takes any number of stages; ours too, but loading one failed with
+    # "CvT option 'token_embed' has 3 values but the model has 2 stages", an option the user
+    # never gave (config.json has no such field)
+    lists = {k: v[:2] for k, v in transformers.CvtConfig().to_dict().items()
+             if isinstance(v, list) and len(v) == 3}  # every per-stage list, cut to two stages
+    hf = hf_model(**{**lists, "embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2],
+                     "cls_token": [False, True], "num_labels": 4})
+    hf.save_pretrained(tmp_path)
+    ours = create_model(pretrained=tmp_path).eval()
+    assert ours.config.num_stages == 2
+    x = torch.randn(2, 3, 48, 40)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)

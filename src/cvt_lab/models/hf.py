@@ -51,8 +51,9 @@ def config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> CvTConfig:
         raise ValueError(f"not a CvT config: model_type is '{hf_config['model_type']}'")
     fields: dict[str, Any] = {ours: hf_config[hf] for hf, ours in _FIELD_NAMES.items()
                               if hf in hf_config}
+    # transformers' CvT has a conv token embedding, no position embeddings, exact GELU
     fields.update(num_classes=num_labels(hf_config), in_chans=hf_config.get("num_channels", 3),
-                  activation="gelu")
+                  activation="gelu", token_embed="conv", pos_embed=False)
     return CvTConfig.build(**{**fields, **overrides})
 
 
