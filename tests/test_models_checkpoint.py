@@ -111,6 +111,17 @@ def test_export_round_trips_through_transformers(tmp_path):
     torch.testing.assert_close(back(x), ours(x), atol=0, rtol=0)
 
 
+def test_export_of_a_compiled_model_is_the_model_export(tmp_path):
+    # torch.compile's wrapper names its keys '_orig_mod.<name>': export failed with
+    # "no transformers name for ['_orig_mod.stage0...', ...]", every key listed
+    torch.manual_seed(0)
+    model = create_model("cvt_tiny", num_classes=3, activation="gelu", depths=(1, 2, 3)).eval()
+    export_hf(torch.compile(model), tmp_path / "compiled")
+    export_hf(model, tmp_path / "plain")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "compiled" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+
+
 def test_export_refuses_what_transformers_cannot_run(tmp_path):
     ok = {"depths": (1, 2, 3)}  # transformers' CvT cannot build stage i with <= i blocks
     for overrides, match in (({"pos_embed": True}, "position embeddings"),

@@ -108,6 +108,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: dict[int, str] | 
     """Write ``config.json`` + ``model.safetensors`` that ``CvtForImageClassification.from_pretrained`` loads."""
     from safetensors.torch import save_file
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every key
     if getattr(model, "bn_fused", False):
         raise ValueError("export the model before fuse_bn(): transformers' CvT keeps its BatchNorms")
     hf_config = config_to_hf(model.config, id2label)
