@@ -39,6 +39,9 @@ def test_presets_listed_and_unknown_names_rejected():
         create_model("cvt13", depth=3)
     with pytest.raises(ValueError, match="one value per stage"):
         create_model("cvt13", embed_dims=(64, 192))
+    # num_heads=0 failed with a bare 'integer modulo by zero'
+    with pytest.raises(ValueError, match=r"'num_heads' got 0; every stage needs at least 1"):
+        create_model("cvt13", num_heads=(1, 0, 6))
 
 
 def test_paper_details():

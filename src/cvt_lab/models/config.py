@@ -110,6 +110,8 @@ class CvTConfig:
                     f"model has {n} stages (depths={self.depths}); give one value per stage"
                 )
         for dim, heads in zip(self.embed_dims, self.num_heads):
+            if heads < 1:
+                raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
             if dim % heads:
                 raise ValueError(f"embed dim {dim} is not divisible by its {heads} heads")
         for name in ("drop_rate", "attn_drop", "drop_path"):  # 1 would drop everything
