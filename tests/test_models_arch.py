@@ -39,6 +39,9 @@ def test_presets_listed_and_unknown_names_rejected():
         create_model("cvt13", depth=3)
     with pytest.raises(ValueError, match="one value per stage"):
         create_model("cvt13", embed_dims=(64, 192))
+    # num_heads=0 failed with a bare 'integer modulo by zero'
+    with pytest.raises(ValueError, match=r"'num_heads' got 0; every stage needs at least 1"):
+        create_model("cvt13", num_heads=(1, 0, 6))
 
 
 def test_paper_details():
@@ -148,6 +151,15 @@ def test_q_projection_that_would_shrink_the_query_grid_is_refused():
     assert tiny(projection="avg", stride_q=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
 
 
+def test_rates_outside_zero_to_one_are_refused():
+    # drop_path=1.0 built and trained on NaN (the last block's kept fraction 0 divides the
+    # mask); 1.5 failed in forward with 'bernoulli_ expects p to be in [0, 1], but got p=-0.5'
+    for name, value in (("drop_path", 1.0), ("drop_path", 1.5), ("attn_drop", 1.5),
+                        ("drop_rate", -0.1)):
+        with pytest.raises(ValueError, match=rf"'{name}' got {value}; a rate must be in \[0, 1\)"):
+            tiny(**{name: value})
+
+
 def test_drop_path_drops_the_residual_branch_per_sample():
     drop = DropPath(0.5).train()
     out = drop(torch.ones(1000, 4))
@@ -166,6 +178,20 @@ def test_grad_checkpointing_gives_the_same_gradients():
     model(x).sum().backward()
     for n, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[n], msg=n)
+
+
+def test_grad_checkpointing_updates_batchnorm_statistics_once():
+    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
+    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
+    model = tiny(drop_path=0.0)
+    plain = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    for net in (model, plain):
+        net(x).sum().backward()
+    for (name, b), ref in zip(model.named_buffers(), plain.buffers()):
+        torch.testing.assert_close(b, ref, atol=0, rtol=0, msg=name)
+    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
 
 
 def test_every_gradient_has_its_parameters_strides():
@@ -201,6 +227,19 @@ def test_torch_compile_full_graph_train_and_eval():
     assert model.head.weight.grad is not None
     model.eval()
     torch.testing.assert_close(compiled(x), model(x))
+
+
+@pytest.mark.slow
+def test_torch_compile_full_graph_with_grad_checkpointing():
+    model = tiny(drop_path=0.0)
+    plain = copy.deepcopy(model)
+    model.set_grad_checkpointing(True)
+    x = torch.randn(2, 3, 32, 32)
+    torch.compile(model, fullgraph=True, backend="aot_eager")(x).sum().backward()
+    plain(x).sum().backward()
+    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, msg=name)
+    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
 
 
 @pytest.mark.slow

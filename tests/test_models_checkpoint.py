@@ -111,6 +111,17 @@ def test_export_round_trips_through_transformers(tmp_path):
     torch.testing.assert_close(back(x), ours(x), atol=0, rtol=0)
 
 
+def test_export_of_a_compiled_model_is_the_model_export(tmp_path):
+    # torch.compile's wrapper names its keys '_orig_mod.<name>': export failed with
+    # "no transformers name for ['_orig_mod.stage0...', ...]", every key listed
+    torch.manual_seed(0)
+    model = create_model("cvt_tiny", num_classes=3, activation="gelu", depths=(1, 2, 3)).eval()
+    export_hf(torch.compile(model), tmp_path / "compiled")
+    export_hf(model, tmp_path / "plain")
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / "compiled" / name).read_bytes() == (tmp_path / "plain" / name).read_bytes()
+
+
 def test_export_refuses_what_transformers_cannot_run(tmp_path):
     ok = {"depths": (1, 2, 3)}  # transformers' CvT cannot build stage i with <= i blocks
     for overrides, match in (({"pos_embed": True}, "position embeddings"),
@@ -295,3 +306,64 @@ def test_a_training_checkpoint_builds_the_network_it_trained(tmp_path):
     named = create_model("cvt_tiny", num_classes=4, token_embed="patch", stride_kv=1,
                          pretrained=tmp_path / "last.ckpt")
     assert named.config.activation == "gelu"
+
+
+@pytest.mark.parametrize("prefix", ["_orig_mod.", "module._orig_mod.", "net._orig_mod."])
+def test_state_dicts_of_compiled_and_wrapped_models_load(tmp_path, prefix):
+    # torch.compile(model).state_dict() names every key '_orig_mod.<name>' (under DDP:
+    # 'module._orig_mod.'): such files failed as 'not a CvT state dict'
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    torch.save({prefix + k: v for k, v in src.state_dict().items()}, tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth")
+    for k, v in src.state_dict().items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_fused_weights_reload_into_a_fused_model_and_misfits_say_so(tmp_path):
+    # a state dict saved after fuse_bn() failed to load with 48 missing BatchNorm keys and
+    # no word on the fix
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    randomise_bn(src)
+    fused = src.eval().fuse_bn()
+    torch.save(fused.state_dict(), tmp_path / "fused.pth")
+    with pytest.raises(CheckpointError, match=r"saved after fuse_bn\(\).*model\.eval\(\)\.fuse_bn\(\)"):
+        create_model(pretrained=tmp_path / "fused.pth")
+    model = create_model("cvt_tiny", num_classes=3).eval().fuse_bn()
+    load_pretrained(model, tmp_path / "fused.pth")
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), fused(x), atol=0, rtol=0)
+    torch.save(create_model("cvt_tiny", num_classes=3).state_dict(), tmp_path / "plain.pth")
+    with pytest.raises(CheckpointError, match=r"before fuse_bn\(\)"):
+        load_pretrained(model, tmp_path / "plain.pth")
+
+
+def test_bare_weights_of_another_token_embedding_are_refused_not_guessed(tmp_path):
+    # a bare state dict records kernels but no strides or paddings: the patch-embedding
+    # ablation (kernel 2 = stride, padding 0) loaded as a kernel-2 conv with the preset's
+    # padding 1, silently another network
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, token_embed=("patch", "conv", "conv")).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"stage 0 token embedding has a 2x2 kernel, preset "
+                       r"cvt_tiny's 3x3.*pass token_embed=\.\.\. or patch_stride/patch_padding"):
+        create_model(pretrained=tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth", token_embed=("patch", "conv", "conv")).eval()
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def test_transformers_weights_of_two_stages_give_transformers_logits(tmp_path):
+    # transformers' CvT takes any number of stages; ours too, but loading one failed with
+    # "CvT option 'token_embed' has 3 values but the model has 2 stages", an option the user
+    # never gave (config.json has no such field)
+    lists = {k: v[:2] for k, v in transformers.CvtConfig().to_dict().items()
+             if isinstance(v, list) and len(v) == 3}  # every per-stage list, cut to two stages
+    hf = hf_model(**{**lists, "embed_dim": [16, 32], "depth": [1, 2], "num_heads": [1, 2],
+                     "cls_token": [False, True], "num_labels": 4})
+    hf.save_pretrained(tmp_path)
+    ours = create_model(pretrained=tmp_path).eval()
+    assert ours.config.num_stages == 2
+    x = torch.randn(2, 3, 48, 40)
+    torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)

@@ -29,6 +29,14 @@ def test_attention_matmuls_are_counted():
     assert count_macs(create_model("cvt_tiny")) == count_macs(preset_config("cvt_tiny"), 32)
 
 
+def test_a_compiled_model_counts_as_its_model():
+    # the compile wrapper is no CvT, so it was read as a config and failed with
+    # "'CvT' object has no attribute 'img_size'"
+    model = create_model("cvt_tiny")
+    assert macs_breakdown(torch.compile(model), (32, 48)) == macs_breakdown(model, (32, 48))
+    assert count_macs(torch.compile(model)) == count_macs(model)
+
+
 def _hooked_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
     """Independent count: Conv2d/Linear MACs from hooks, attention from the attention maps."""
     total = 0

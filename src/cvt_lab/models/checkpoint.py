@@ -27,7 +27,8 @@ from .keymap import rename_keys
 log = logging.getLogger(__name__)
 
 _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest the weights
-_PREFIXES = ("module.", "model.", "net.")  # DDP / LightningModule attribute names
+# DDP / LightningModule attribute names, and torch.compile's wrapper (OptimizedModule)
+_PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
@@ -137,8 +138,9 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
     """The config of an original-format state dict: widths, depths, kernels, tokens from the
-    shapes; head counts and strides (which no shape records) from the preset of the same
-    widths and depths, or from ``overrides``."""
+    shapes; head counts, strides and paddings (which no shape records) from the preset of the
+    same widths and depths, or from ``overrides``. A token-embedding kernel other than the
+    preset's is refused unless ``overrides`` say how it strides and pads."""
     stages = sorted(int(m.group(1)) for k in state_dict
                     if (m := re.match(r"stage(\d+)\.patch_embed\.proj\.weight$", k)))
     if not stages:
@@ -167,6 +169,14 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
         raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
                               f"({sorted(PRESETS)}); pass num_heads=... (and any non-default "
                               "strides) to build it")
+    base = preset_config(preset) if preset else CvTConfig()
+    if not {"token_embed", "patch_stride", "patch_padding"} & set(overrides):
+        for i, k in enumerate(shape_fields["patch_size"]):
+            if k != base.patch_size[i]:  # the stride and padding that go with it are unknown
+                raise CheckpointError(
+                    f"stage {i} token embedding has a {k}x{k} kernel, preset {preset or 'cvt13'}'s "
+                    f"{base.patch_size[i]}x{base.patch_size[i]}, and weights record no stride or "
+                    "padding: pass token_embed=... or patch_stride/patch_padding")
     fields = {**shape_fields, **overrides}
     config = preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
     if any(config.pos_embed) and "img_size" not in overrides:
@@ -215,6 +225,12 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                 lines.append(f"  {len(items)} {title}: {_listing(items)}")
         if any(m.startswith("head.") for m in mismatched):
             lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
+        fused_state, fused_model = _bn_fused(state), _bn_fused(expected)
+        if fused_state and not fused_model:
+            lines.append("  (the checkpoint was saved after fuse_bn(): build the model, call "
+                         "model.eval().fuse_bn(), then load_pretrained(model, path))")
+        elif fused_model and not fused_state:
+            lines.append("  (the model is BatchNorm-fused: load the checkpoint before fuse_bn())")
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=False)  # every key was checked above
     for note in report.notes:
@@ -224,6 +240,11 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                             f"the model a new head with {model.config.num_classes}")
         log.warning(report.notes[-1])
     return report
+
+
+def _bn_fused(state: dict[str, torch.Tensor]) -> bool:
+    """Whether a state dict is of a model after fuse_bn(): its projection convs have biases."""
+    return any(re.search(r"\.conv_proj_[qkv]\.conv\.bias$", k) for k in state)
 
 
 def state_misfits(expected: dict[str, torch.Tensor], state: dict[str, torch.Tensor]

@@ -110,8 +110,14 @@ class CvTConfig:
                     f"model has {n} stages (depths={self.depths}); give one value per stage"
                 )
         for dim, heads in zip(self.embed_dims, self.num_heads):
+            if heads < 1:
+                raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
             if dim % heads:
                 raise ValueError(f"embed dim {dim} is not divisible by its {heads} heads")
+        for name in ("drop_rate", "attn_drop", "drop_path"):  # 1 would drop everything
+            for rate in getattr(self, name):  # (drop path: then divide by its keep rate, 0)
+                if not 0 <= rate < 1:
+                    raise ValueError(f"CvT option '{name}' got {rate}; a rate must be in [0, 1)")
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)

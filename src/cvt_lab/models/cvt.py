@@ -9,7 +9,8 @@ which keeps the checkpoint converters short.
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -257,7 +258,7 @@ class Stage(nn.Module):
         maps = []
         for block in self.blocks:
             if self.grad_checkpointing and self.training and not need_weights:
-                x, _ = checkpoint(block, x, h, w, use_reentrant=False)
+                x, _ = checkpoint_block(block, x, h, w)
                 continue
             x, weights = block(x, h, w, need_weights)
             if need_weights:
@@ -269,6 +270,31 @@ class Stage(nn.Module):
         b, _, c = x.shape
         fmap = x.transpose(1, 2).reshape(b, c, h, w)
         return fmap, cls, maps
+
+
+def checkpoint_block(block: Block, x: torch.Tensor, h: int, w: int
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Run ``block`` without keeping its activations; backward recomputes them.
+
+    Eager recomputation runs the block's forward a second time, which would move its
+    BatchNorms' running statistics twice per step; they are put back after it. (Compiled
+    graphs recompute without that side effect, and reject a ``context_fn``.)
+    """
+    if torch.compiler.is_compiling():
+        return checkpoint(block, x, h, w, use_reentrant=False)
+    return checkpoint(block, x, h, w, use_reentrant=False,
+                      context_fn=lambda: (nullcontext(), _buffers_restored(block)))
+
+
+@contextmanager
+def _buffers_restored(module: nn.Module) -> Iterator[None]:
+    saved = [b.clone() for b in module.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in zip(module.buffers(), saved):
+                b.copy_(value)
 
 
 def resample_pos_embed(pe: torch.Tensor, grid: tuple[int, int], size: tuple[int, int]

@@ -21,7 +21,8 @@ from .cvt import CvT, token_grid
 
 
 def _as_config(config_or_model: CvTConfig | nn.Module) -> CvTConfig:
-    return config_or_model.config if isinstance(config_or_model, CvT) else config_or_model
+    model = getattr(config_or_model, "_orig_mod", config_or_model)  # torch.compile's wrapper
+    return model.config if isinstance(model, CvT) else model
 
 
 def _hw(img_size: int | tuple[int, int] | None, config: CvTConfig) -> tuple[int, int]:

@@ -51,8 +51,9 @@ def config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> CvTConfig:
         raise ValueError(f"not a CvT config: model_type is '{hf_config['model_type']}'")
     fields: dict[str, Any] = {ours: hf_config[hf] for hf, ours in _FIELD_NAMES.items()
                               if hf in hf_config}
+    # transformers' CvT has a conv token embedding, no position embeddings, exact GELU
     fields.update(num_classes=num_labels(hf_config), in_chans=hf_config.get("num_channels", 3),
-                  activation="gelu")
+                  activation="gelu", token_embed="conv", pos_embed=False)
     return CvTConfig.build(**{**fields, **overrides})
 
 
@@ -107,6 +108,7 @@ def export_hf(model: nn.Module, out_dir: str | Path, id2label: dict[int, str] | 
     """Write ``config.json`` + ``model.safetensors`` that ``CvtForImageClassification.from_pretrained`` loads."""
     from safetensors.torch import save_file
 
+    model = getattr(model, "_orig_mod", model)  # torch.compile's wrapper prefixes every key
     if getattr(model, "bn_fused", False):
         raise ValueError("export the model before fuse_bn(): transformers' CvT keeps its BatchNorms")
     hf_config = config_to_hf(model.config, id2label)
