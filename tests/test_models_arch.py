@@ -72,6 +72,27 @@ def test_bad_input_names_the_minimum_size():
         model(torch.randn(3, 32, 32))
 
 
+@pytest.mark.parametrize("overrides", [{}, {"patch_padding": 0}, {"kernel_qkv": 5, "padding_q": 2,
+                                                                "padding_kv": 0},
+                                       {"projection": "avg", "padding_kv": 0}])
+def test_the_minimum_size_is_exactly_where_the_network_stops_running(overrides, monkeypatch):
+    """Below it some convolution has no output (or the last stage less than a token per
+    stride); at it the network runs. The check is bypassed to see the network itself fail."""
+    model = create_model("cvt_tiny", num_classes=3, img_size=64, **overrides).eval()
+    minimum = model.config.min_input_size
+    monkeypatch.setattr(CvT, "check_input", lambda self, x: None)
+    assert model(torch.randn(1, 3, minimum, minimum + 3)).shape == (1, 3)
+    if minimum > model.config.total_stride:  # below the stride the check alone refuses
+        with pytest.raises(RuntimeError):
+            model(torch.randn(1, 3, minimum - 1, minimum + 3))
+
+
+def test_a_geometry_that_cannot_run_at_its_own_size_is_refused():
+    with pytest.raises(ValueError, match="no tokens at img_size=32 .* smallest input it runs at "
+                                         "is 67 px"):
+        create_model("cvt13", kernel_qkv=5, padding_q=2, padding_kv=0, img_size=32)
+
+
 def test_no_cls_token_mean_pools():
     model = tiny(cls_token=False).eval()
     assert all(s.cls_token is None for s in model.stages)

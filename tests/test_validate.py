@@ -60,10 +60,10 @@ def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
     with pytest.raises(ConfigError) as err:
         validate(cfg_for(tmp_path, "model=cvt13", "data.image_size=8"))
     assert str(err.value).startswith(
-        "data.image_size=8 is smaller than the total stride 16 of model cvt13 (patch strides "
-        "[4, 2, 2])")
+        "data.image_size=8 is below the minimum 16 px of model cvt13 (total stride 16, patch "
+        "strides [4, 2, 2])")
     validate(cfg_for(tmp_path, "model=cvt13", "data.image_size=16"))  # the boundary is allowed
-    with pytest.raises(ConfigError, match="total stride 8 of model cvt_tiny"):
+    with pytest.raises(ConfigError, match="minimum 8 px of model cvt_tiny"):
         validate(cfg_for(tmp_path, "data.image_size=7"))
 
 

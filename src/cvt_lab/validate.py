@@ -124,12 +124,12 @@ def _check_model(cfg: DictConfig) -> None:
         model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1, **knobs)
     except (KeyError, TypeError, ValueError) as err:
         raise ConfigError(f"model: {err.args[0] if err.args else err}") from err
-    size, stride = cfg.data.image_size, model.total_stride
-    if size < stride:
+    size, minimum = cfg.data.image_size, model.min_input_size
+    if size < minimum:
         raise ConfigError(
-            f"data.image_size={size} is smaller than the total stride {stride} of model "
-            f"{cfg.model.name} (patch strides {list(model.patch_stride)}): the last stage would "
-            f"have no tokens. Use data.image_size>={stride} or a smaller-stride model (cvt_tiny)")
+            f"data.image_size={size} is below the minimum {minimum} px of model {cfg.model.name} "
+            f"(total stride {model.total_stride}, patch strides {list(model.patch_stride)}). "
+            f"Use data.image_size>={minimum} or a smaller-stride model (cvt_tiny)")
     native = preset_config(cfg.model.name).img_size  # the model's img_size follows the data's
     if native > 224 and size != native:
         log.warning("model=%s is the %d px preset but data.image_size=%d: its weights are tuned "

@@ -60,6 +60,27 @@ class CvTConfig:
             stride *= s
         return stride
 
+    @property
+    def min_input_size(self) -> int:
+        """Smallest image side the model accepts: the total stride (smaller leaves the last
+        stage less than a token per input patch), or more when a custom geometry needs it to
+        give every convolution and projection at least one output."""
+        size = self.total_stride
+        while not self.runs_at(size):
+            size += 1
+        return size
+
+    def runs_at(self, size: int) -> bool:
+        """Whether every stage's token grid, and its q and k/v grids, are non-empty at ``size``."""
+        for i in range(self.num_stages):
+            size = token_grid(size, *self.embed_geometry(i))
+            ceil = self.projection[i] == "avg"
+            q = token_grid(size, self.kernel_qkv[i], self.stride_q[i], self.padding_q[i])
+            kv = token_grid(size, self.kernel_qkv[i], self.stride_kv[i], self.padding_kv[i], ceil)
+            if size < 1 or (self.projection[i] != "linear" and min(q, kv) < 1):
+                return False
+        return True
+
     def embed_geometry(self, stage: int) -> tuple[int, int, int]:
         """(kernel, stride, padding) of a stage's token-embedding conv."""
         if self.token_embed[stage] == "patch":  # non-overlapping: kernel = stride, no padding
@@ -131,8 +152,19 @@ class CvTConfig:
                     "query grid, but a block's output must keep its input's tokens (residual); "
                     "use stride_q=1 and padding_q=(kernel_qkv-1)/2 (an odd kernel_qkv), or "
                     "stride_kv to downsample keys and values")
+        if not self.runs_at(self.img_size):
+            raise ValueError(
+                f"this geometry gives no tokens at img_size={self.img_size} (a convolution or "
+                f"projection has no output); the smallest input it runs at is "
+                f"{self.min_input_size} px: raise img_size, or check the kernel/padding options")
         if self.num_classes < 0:
             raise ValueError("num_classes must be >= 0 (0 means no classifier head)")
+
+
+def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
+    """Output length of a conv/pool along one axis."""
+    span = size + 2 * padding - kernel
+    return (-(-span // stride) if ceil else span // stride) + 1
 
 
 # Keys of a `model` config group (conf/model/) that choose or wrap a model, not shape it.

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from .config import CvTConfig
+from .config import CvTConfig, token_grid
 
 
 class QuickGELU(nn.Module):
@@ -305,12 +305,6 @@ def resample_pos_embed(pe: torch.Tensor, grid: tuple[int, int], size: tuple[int,
     return x.flatten(2).transpose(1, 2)
 
 
-def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
-    """Output length of a conv/pool along one axis."""
-    span = size + 2 * padding - kernel
-    return (-(-span // stride) if ceil else span // stride) + 1
-
-
 class CvT(nn.Module):
     """Convolutional vision Transformer. See :class:`CvTConfig` for the knobs."""
 
@@ -377,11 +371,11 @@ class CvT(nn.Module):
             raise ValueError(
                 f"CvT expects images of shape (batch, {self.config.in_chans}, height, width); "
                 f"got {tuple(x.shape)}")
-        minimum = self.config.total_stride
+        minimum = self.config.min_input_size
         if min(x.shape[-2:]) < minimum:
             raise ValueError(
-                f"input of {x.shape[-2]}x{x.shape[-1]} px is smaller than the model's total "
-                f"stride; the minimum size is {minimum}x{minimum} px")
+                f"input of {x.shape[-2]}x{x.shape[-1]} px is too small for this model (total "
+                f"stride {self.config.total_stride}); the minimum size is {minimum}x{minimum} px")
 
     def forward_features(self, x: torch.Tensor, need_weights: bool = False
                          ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
