@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from cvt_lab.sweep import is_multirun, run_job  # imported here: `--help`/`--cfg` stay fast
+    from cvt_lab.sweep import is_multirun, objective, run_job  # imported here: `--help`/`--cfg` stay fast
     from cvt_lab.train import CLEAR_ERRORS, run
 
     try:
@@ -21,8 +21,7 @@ def main(cfg: DictConfig) -> float | None:
         # the message names the problem and the fix: no traceback
         logging.getLogger("cvt_lab").error("%s: %s", type(err).__name__, err)
         sys.exit(1)
-    metric = cfg.get("optimized_metric")
-    return metrics.get(metric) if metric else None
+    return objective(cfg, metrics)  # optimized_metric's value, for the sweepers
 
 
 if __name__ == "__main__":

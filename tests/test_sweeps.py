@@ -11,6 +11,7 @@ import yaml
 
 from conftest import compose_config, run_cli
 from cvt_lab import report
+from cvt_lab import sweep as sweep_module
 
 TINY = ["trainer.max_epochs=1", "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=2",
         "+trainer.limit_test_batches=1", "trainer.num_sanity_val_steps=0"]
@@ -162,3 +163,17 @@ def test_a_resumed_study_samples_new_params_not_its_first_trials_again(tmp_path)
     first, extended = search("a.db", 2), search("a.db", 2)
     assert len(set(first + extended)) == 4
     assert search("b.db", 2) == first  # a new study still draws reproducibly from the seed
+
+
+def test_a_sweep_job_without_its_objective_says_why(make_cfg, monkeypatch, caplog):
+    """Validation that never ran leaves Optuna nothing but "None is not float-castable"."""
+    cfg = make_cfg("+trainer.limit_val_batches=0")
+    monkeypatch.setattr(sweep_module, "is_multirun", lambda: True)
+    assert sweep_module.objective(cfg, {"val/acc1_best": 0.5}) == 0.5
+    assert not caplog.records
+    assert sweep_module.objective(cfg, {"train/loss": 1.0, "test/acc1": 0.4}) is None
+    assert "optimized_metric=val/acc1_best was not logged by this job" in caplog.text
+    assert "Logged: test/acc1, train/loss" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(sweep_module, "is_multirun", lambda: False)  # a single run has no sweeper
+    assert sweep_module.objective(cfg, {}) is None and not caplog.records

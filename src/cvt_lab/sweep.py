@@ -45,6 +45,22 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> d
     return metrics
 
 
+def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
+    """The value a sweeper optimises (``optimized_metric``), None when there is none.
+
+    A training job of a sweep that never logged it (validation did not run) says so: the
+    sweeper itself only reports that None is not a float.
+    """
+    metric = cfg.get("optimized_metric")
+    if not metric:
+        return None
+    if metric not in metrics and cfg.get("train") and is_multirun():
+        log.warning("optimized_metric=%s was not logged by this job, so the sweeper gets no value "
+                    "for it: did validation run (trainer.limit_val_batches, "
+                    "trainer.check_val_every_n_epoch)? Logged: %s", metric, ", ".join(sorted(metrics)))
+    return metrics.get(metric)
+
+
 def name_wandb_run(cfg: DictConfig) -> None:
     """Group a sweep's W&B runs by the sweep directory and name each by its job/variant."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
@@ -89,5 +105,5 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-__all__ = ["run_job", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
+__all__ = ["run_job", "objective", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
            "FAILED_FILE", "CSV_LOG"]
