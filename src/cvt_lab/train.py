@@ -96,7 +96,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     print_summary(
         {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
         {"run dir": cfg.paths.output_dir,
-         "best ckpt": _best_checkpoint(trainer),
+         # without training, the best path is the one restored from ckpt_path's callback state
+         "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
+         "tested ckpt": ckpt_path if not cfg.train else None,
          "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
