@@ -17,6 +17,7 @@ from .data.decode import ImageDecodeError
 from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
+from .models.checkpoint import CheckpointError
 from .module import CvTModule
 from .resume import (batch_split, check_batch_split, read_resume_state, resolve_ckpt_path,
                      resume_wandb, wandb_run_id)
@@ -52,11 +53,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
-    module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
-                       scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
-                       label_smoothing=cfg.augment.get("label_smoothing", 0.0),
-                       ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
-                       channels_last=cfg.get("channels_last", False))
+    try:
+        module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
+                           scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
+                           label_smoothing=cfg.augment.get("label_smoothing", 0.0),
+                           ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
+                           channels_last=cfg.get("channels_last", False))
+    except (OSError, CheckpointError) as err:  # the message says what is wrong with the weights
+        if not cfg.model.get("pretrained"):
+            raise
+        raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {err}") from err
     check_checkpoint_fits(ckpt, ckpt_path, module)
     del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
