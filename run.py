@@ -13,6 +13,8 @@ def main(cfg: DictConfig) -> float | None:
     from cvt_lab.sweep import is_multirun, objective, run_job  # imported here: `--help`/`--cfg` stay fast
     from cvt_lab.train import CLEAR_ERRORS, run
 
+    if logging.getLogger().handlers:  # Hydra's console and file handlers print Lightning's
+        logging.getLogger("lightning").handlers.clear()  # messages: drop its second console copy
     try:
         metrics = run_job(cfg, run)  # writes metrics.json / failed.json into the run dir
     except CLEAR_ERRORS as err:

@@ -30,3 +30,15 @@ def test_missing_ckpt_path_is_one_line_without_traceback(tmp_path):
         "file, e.g. logs/<task_name>/runs/<time>/checkpoints/last.ckpt)")
     assert "Traceback" not in out and "Hint:" not in out
     assert not list(tmp_path.rglob("*.ckpt"))
+
+
+def test_missing_pretrained_weights_are_one_line_naming_the_key(tmp_path):
+    done = run_cli(f"model.pretrained={tmp_path}/nope.pth", "logger=csv",
+                   f"paths.log_dir={tmp_path}", timeout=300)
+    out = done.stdout + done.stderr
+    assert done.returncode == 1
+    errors = [line for line in out.splitlines() if "ConfigError" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        f"ConfigError: model.pretrained={tmp_path}/nope.pth: no checkpoint at '{tmp_path}/nope.pth' "
+        "(not a file, directory or Hub id)"), out[-2000:]
+    assert "Traceback" not in out

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -57,3 +59,9 @@ def test_finetuning_recipes_normalise_as_their_pretrained_weights(experiment, tm
     assert cfg.model.pretrained.startswith("microsoft/cvt-")
     assert list(cfg.data.mean) == [0.485, 0.456, 0.406]
     assert list(cfg.data.std) == [0.229, 0.224, 0.225]
+
+
+def test_compose_without_an_output_dir_gives_run_py_s_absolute_run_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = Path(compose_config([]).paths.output_dir)
+    assert out.is_absolute() and out.parent == tmp_path / "logs" / "train" / "runs", out

@@ -145,6 +145,16 @@ def test_eval_mode_reproduces_the_test_accuracy_logged_after_training(one_epoch,
     assert not (tmp_path / "checkpoints").exists()  # evaluation writes no checkpoints
 
 
+def test_eval_mode_summary_names_the_evaluated_checkpoint(one_epoch, tmp_path, capsys):
+    """Evaluating last.ckpt must not report the training run's best file as this run's."""
+    first, _ = one_epoch
+    last = first / "checkpoints/last.ckpt"
+    run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}"], tmp_path)
+    outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
+    assert re.search(rf"^  tested ckpt\s+{re.escape(str(last))}$", outputs, re.M), outputs
+    assert "best ckpt" not in outputs and "epoch000" not in outputs
+
+
 def fake_checkpoint(path: Path, age_s: float, good: bool = True) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if good:

@@ -24,6 +24,14 @@ def sweep(tmp_path, *args: str):
     return proc, out
 
 
+def test_a_sweep_with_the_default_dirs_runs_into_logs_multiruns(tmp_path):
+    """As the README types it (no hydra.sweep.dir): the sweep dir must resolve before any job."""
+    proc = run_cli("-m", "seed=1", "debug=fast_dev_run", cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    jobs = list((tmp_path / "logs" / "train" / "multiruns").glob("*/0/metrics.json"))
+    assert len(jobs) == 1 and json.loads(jobs[0].read_text())["test/acc1"] >= 0
+
+
 @pytest.fixture(scope="module")
 def lr_sweep(tmp_path_factory):
     proc, out = sweep(tmp_path_factory.mktemp("lr"), "-m", "optimizer.lr=1e-3,3e-3", "logger=csv")

@@ -27,3 +27,6 @@ def test_cli_short_run_beats_chance_and_reports_where_outputs_went(tmp_path):
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "csv" / "metrics.csv").is_file()
     assert (tmp_path / ".hydra" / "config.yaml").is_file()
+    # Lightning's messages reach the console once, through Hydra's log format
+    seeds = [line for line in (out + result.stderr).splitlines() if "Seed set to 42" in line]
+    assert len(seeds) == 1 and seeds[0].endswith("[INFO] - Seed set to 42"), seeds

@@ -33,10 +33,35 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("scheduler.name=linear", "scheduler.name='linear' (str) must be cosine, constant or step"),
     ("trainer.gradient_clip_val=-1",
      "trainer.gradient_clip_val=-1 (int) must be a number >= 0 (0 or null: no clipping)"),
+    # each of these crashed mid-run with a bare TypeError/ZeroDivisionError, or ran silently
+    ("compile=yes", "compile='yes' (str) must be true, false or torch.compile options, e.g. "
+                    "{mode: max-autotune}"),
+    ("channels_last=maybe", "channels_last='maybe' (str) must be true or false"),
+    ("ema_decay=1.5", "ema_decay=1.5 (float) must be a number in (0, 1), e.g. 0.9998, or null (no EMA)"),
+    ("model.drop_path=abc", "model.drop_path='abc' (str) must be a number in [0, 1) or one per stage, "
+                            "e.g. [0,0,0.1] (null: the preset's)"),
+    ("data.mean=[0.5,0.5]", "data.mean=[0.5, 0.5] (list) must be 3 numbers, one per RGB channel, "
+                            "e.g. [0.485,0.456,0.406]"),
+    ("data.std=[0.5,0.5,0]", "data.std=[0.5, 0.5, 0] (list) must be 3 numbers > 0, one per RGB "
+                             "channel, e.g. [0.229,0.224,0.225]"),
+    ("data.crop_pct=0", "data.crop_pct=0 (int) must be a number in (0, 1] (1.0: no crop)"),
+    ("data.skip_corrupt=yes", "data.skip_corrupt='yes' (str) must be true or false"),
+    ("augment.hflip=abc", "augment.hflip='abc' (str) must be a number in [0, 1]"),
+    ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1 (int) must be a number >= 0 (0: off)"),
+    ("augment=deit augment.randaugment.magnitude=abc",
+     "augment.randaugment.magnitude='abc' (str) must be a number >= 0 (0-10 scale)"),
+    ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
+                              "(optimizer.lr is absolute)"),
+    ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),
+    ("optimizer=sgd optimizer.momentum=abc", "optimizer.momentum='abc' (str) must be a number >= 0"),
+    ("scheduler.warmup_epochs=abc", "scheduler.warmup_epochs='abc' (str) must be a number >= 0"),
+    ("scheduler.warmup_steps=abc", "scheduler.warmup_steps='abc' (str) must be an integer >= 0, or "
+                                   "null (use scheduler.warmup_epochs)"),
+    ("scheduler.min_lr=abc", "scheduler.min_lr='abc' (str) must be a number >= 0 (an absolute lr)"),
 ])
 def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
-        validate(cfg_for(tmp_path, override))
+        validate(cfg_for(tmp_path, *override.split()))
     assert str(err.value) == message
 
 

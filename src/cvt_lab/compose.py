@@ -3,6 +3,7 @@ compose API: same defaults, same overrides, same output layout, no command line.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -31,7 +32,7 @@ def compose_config(overrides: list[str], output_dir: str | Path | None = None,
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         cfg = compose("config", overrides=list(overrides), return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)  # resolves ${hydra:...} (cwd, run dir)
-    out = str(output_dir) if output_dir is not None else cfg.hydra.run.dir
+    out = str(output_dir) if output_dir is not None else os.path.abspath(cfg.hydra.run.dir)  # as Hydra
     with read_write(cfg.hydra), open_dict(cfg):  # set_config made hydra read-only
         if output_dir is not None:
             cfg.paths.root_dir = str(output_dir)

@@ -18,6 +18,7 @@ from .data.decode import ImageDecodeError
 from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
+from .models.checkpoint import CheckpointError
 from .module import CvTModule
 from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, read_resume_state,
                      resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
@@ -57,11 +58,16 @@ def run(cfg: DictConfig) -> dict[str, float]:
     rank_zero_info(OmegaConf.to_yaml(cfg, resolve=True))
 
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
-    module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
-                       scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
-                       label_smoothing=cfg.augment.get("label_smoothing", 0.0),
-                       ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
-                       channels_last=cfg.get("channels_last", False))
+    try:
+        module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
+                           scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
+                           label_smoothing=cfg.augment.get("label_smoothing", 0.0),
+                           ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
+                           channels_last=cfg.get("channels_last", False))
+    except (OSError, CheckpointError) as err:  # the message says what is wrong with the weights
+        if not cfg.model.get("pretrained"):
+            raise
+        raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {err}") from err
     check_checkpoint_fits(ckpt, ckpt_path, module)
     del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
@@ -101,7 +107,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
     print_summary(
         {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
         {"run dir": cfg.paths.output_dir,
-         "best ckpt": _best_checkpoint(trainer),
+         # without training, the best path is the one restored from ckpt_path's callback state
+         "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
+         "tested ckpt": ckpt_path if not cfg.train else None,
          "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})

@@ -68,6 +68,33 @@ def _is_number(v: Any) -> bool:
     return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
 
 
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
+def _in(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
+    return lambda v: (_is_number(v) and (lo < v if lo_open else lo <= v)
+                      and (v < hi if hi_open else v <= hi))
+
+
+def _numbers(n: int | None, ok: Callable[[Any], bool] = _is_number) -> Callable[[Any], bool]:
+    """A list of ``n`` (any number when None) values that each pass ``ok``."""
+    return lambda v: (OmegaConf.is_list(v) or isinstance(v, (list, tuple))) and (
+        n is None or len(v) == n) and all(_is_number(x) and ok(x) for x in v)
+
+
+def _optional(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or ok(v)
+
+
+def _scalar_or_per_stage(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or ok(v) or _numbers(None, ok)(v)
+
+
+_PROB = (_in(0, 1), "a number in [0, 1]")
+_RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
+         "a number in [0, 1) or one per stage, e.g. [0,0,0.1] (null: the preset's)")
+
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "an integer"),
@@ -86,6 +113,48 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "trainer.gradient_clip_val": (lambda v: v is None or (_is_number(v) and v >= 0),
                                   "a number >= 0 (0 or null: no clipping)"),
     "augment.label_smoothing": (lambda v: _is_number(v) and 0 <= v < 1, "a number in [0, 1)"),
+    "compile": (lambda v: _is_bool(v) or OmegaConf.is_dict(v) or isinstance(v, dict),
+                "true, false or torch.compile options, e.g. {mode: max-autotune}"),
+    "channels_last": (_is_bool, "true or false"),
+    "ema_decay": (_optional(_in(0, 1, lo_open=True, hi_open=True)),
+                  "a number in (0, 1), e.g. 0.9998, or null (no EMA)"),
+    "model.drop_path": _RATE,
+    "model.drop_rate": _RATE,
+    "model.attn_drop": _RATE,
+    "data.mean": (_numbers(3), "3 numbers, one per RGB channel, e.g. [0.485,0.456,0.406]"),
+    "data.std": (_numbers(3, lambda x: x > 0),
+                 "3 numbers > 0, one per RGB channel, e.g. [0.229,0.224,0.225]"),
+    "data.crop_pct": (_in(0, 1, lo_open=True), "a number in (0, 1] (1.0: no crop)"),
+    "data.eval_warp": (_is_bool, "true or false"),
+    "data.streaming": (_is_bool, "true or false"),
+    "data.skip_corrupt": (_is_bool, "true or false"),
+    "augment.random_crop": (_is_bool, "true or false"),
+    "augment.scale": (_numbers(2, lambda x: 0 < x <= 1), "2 numbers in (0, 1], e.g. [0.08,1.0]"),
+    "augment.ratio": (_numbers(2, lambda x: x > 0), "2 numbers > 0, e.g. [0.75,1.3333]"),
+    "augment.hflip": _PROB,
+    "augment.erase_prob": _PROB,
+    "augment.mix_prob": _PROB,
+    "augment.mix_switch_prob": _PROB,
+    "augment.mixup_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
+    "augment.cutmix_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
+    "augment.randaugment.num_ops": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "augment.randaugment.magnitude": (_in(0, math.inf), "a number >= 0 (0-10 scale)"),
+    "augment.randaugment.magnitude_std": (_in(0, math.inf), "a number >= 0"),
+    "augment.randaugment.prob": _PROB,
+    "optimizer.ref_batch": (_optional(lambda v: _is_int(v) and v > 0),
+                            "an integer > 0, or null (optimizer.lr is absolute)"),
+    "optimizer.betas": (_numbers(2, lambda x: 0 <= x < 1), "2 numbers in [0, 1), e.g. [0.9,0.999]"),
+    "optimizer.momentum": (_in(0, math.inf), "a number >= 0"),
+    "optimizer.nesterov": (_is_bool, "true or false"),
+    "optimizer.fused": (_optional(_is_bool), "true, false or null"),
+    "optimizer.layer_decay": (_optional(_in(0, 1, lo_open=True)), "a number in (0, 1], or null (off)"),
+    "scheduler.warmup_epochs": (_in(0, math.inf), "a number >= 0"),
+    "scheduler.warmup_steps": (_optional(lambda v: _is_int(v) and v >= 0),
+                               "an integer >= 0, or null (use scheduler.warmup_epochs)"),
+    "scheduler.warmup_lr": (_in(0, math.inf), "a number >= 0 (an absolute lr)"),
+    "scheduler.min_lr": (_in(0, math.inf), "a number >= 0 (an absolute lr)"),
+    "scheduler.milestones": (_numbers(None, lambda x: x >= 0), "a list of epochs, e.g. [30,60,90]"),
+    "scheduler.gamma": (_in(0, math.inf, lo_open=True), "a number > 0"),
 }
 
 
@@ -95,7 +164,8 @@ def _check_types(cfg: DictConfig) -> None:
         if value == "<absent>":
             continue
         if not ok(value):
-            raise ConfigError(f"{key}={value!r} ({type(value).__name__}) must be {what}")
+            shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{key}={shown!r} ({type(shown).__name__}) must be {what}")
 
 
 def _check_run_mode(cfg: DictConfig) -> None:
