@@ -29,6 +29,7 @@ def test_missing_ckpt_path_is_one_line_without_traceback(tmp_path):
         f"ConfigError: ckpt_path={tmp_path}/nope.ckpt: no such file (give the path to a .ckpt "
         "file, e.g. logs/<task_name>/runs/<time>/checkpoints/last.ckpt)")
     assert "Traceback" not in out and "Hint:" not in out
+    assert out.count("nope.ckpt: no such file") == 1  # said once
     assert not list(tmp_path.rglob("*.ckpt"))
 
 

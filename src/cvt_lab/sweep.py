@@ -39,7 +39,8 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> d
     except Exception as err:  # any error: record it for the report, then let Hydra handle it
         write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
                                        "traceback": traceback.format_exc()})
-        log.error("Job failed (%s); traceback in %s", err, out / FAILED_FILE)
+        if is_multirun():  # (a single run's error is printed once, by run.py or Hydra)
+            log.error("Job failed (%s); traceback in %s", err, out / FAILED_FILE)
         raise  # (train.run has closed the job's W&B run)
     write_json(out / METRICS_FILE, {k: v for k, v in metrics.items() if math.isfinite(v)})
     return metrics
