@@ -7,6 +7,11 @@ backward read 0.34 s per step, timed directly 0.03 s), which made its attributio
 
     PYTHONPATH=src python benchmarks/op_breakdown.py              # CvT-13, batch 8, 2 threads
     PYTHONPATH=src python benchmarks/op_breakdown.py --json out.json
+    PYTHONPATH=src python benchmarks/op_breakdown.py --top 15      # + the slowest single ops
+
+``--top`` lists the ops that take the most time (by phase, op and operand shapes) with
+their multiply-add rate where it is defined: how close each GEMM-class op runs to the
+machine's peak says whether there is any speed left in it.
 """
 
 from __future__ import annotations
@@ -51,6 +56,23 @@ def category(op: str) -> str:
 MATMUL = CATEGORIES[0][0]
 
 
+def macs(op: str, shapes: tuple[tuple[int, ...], ...]) -> int | None:
+    """Multiply-adds of a GEMM-class op from its operand shapes (None for other ops).
+    Fused attention: Q K^T and A V forward; backward recomputes Q K^T and forms dV, dP, dQ
+    and dK (5 products). Shapes are those of the op's first two tensor operands."""
+    if op in ("mm", "bmm") and len(shapes) == 2:
+        *batch, m, k = shapes[0]
+        return int(torch.Size(batch).numel()) * m * k * shapes[1][-1]
+    if op == "addmm" and len(shapes) == 3:
+        (m, k), n = shapes[1], shapes[2][-1]
+        return m * k * n
+    if op.startswith("_scaled_dot_product") and len(shapes) >= 2:
+        b, h, nq, d = shapes[0]
+        nk = shapes[1][-2] if not op.endswith("_backward") else shapes[2][-2]
+        return (5 if op.endswith("_backward") else 2) * b * h * nq * nk * d
+    return None
+
+
 class OpTimer(TorchDispatchMode):
     """Sums each op's wall time under the current ``phase``; keeps each matmul's call
     signature so it can be re-timed alone (:func:`isolated_ms`)."""
@@ -60,12 +82,19 @@ class OpTimer(TorchDispatchMode):
         self.phase = "forward"
         self.seconds: collections.Counter = collections.Counter()
         self.matmuls: collections.Counter = collections.Counter()
+        self.ops: collections.Counter = collections.Counter()  # (phase, op, shapes) -> s
+        self.calls: collections.Counter = collections.Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         t0 = time.perf_counter()
         out = func(*args, **(kwargs or {}))
-        kind = category(func.overloadpacket.__name__)
-        self.seconds[(self.phase, kind)] += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
+        name = func.overloadpacket.__name__
+        kind = category(name)
+        self.seconds[(self.phase, kind)] += seconds
+        key = (self.phase, name, tuple(tuple(a.shape) for a in args if isinstance(a, torch.Tensor)))
+        self.ops[key] += seconds
+        self.calls[key] += 1
         if kind == MATMUL and not kwargs:
             self.matmuls[(func, tuple((a.shape, a.stride()) if isinstance(a, torch.Tensor) else a
                                       for a in args))] += 1
@@ -117,8 +146,26 @@ def breakdown(impl: str, path: Path, batch: int, steps: int, img: int = 224,
         for _ in range(steps):
             step()
     ms = {f"{phase}/{cat}": s / steps * 1e3 for (phase, cat), s in timer.seconds.items()}
+    ops = []
+    for (phase, name, shapes), s in timer.ops.most_common():
+        mac = macs(name, shapes)
+        ops.append({"phase": phase, "op": name, "shapes": [list(x) for x in shapes[:3]],
+                    "calls": timer.calls[(phase, name, shapes)] // steps, "ms": s / steps * 1e3,
+                    "gmac_per_s": None if mac is None else
+                    mac * timer.calls[(phase, name, shapes)] / s / 1e9})
     return {"plain_step_ms": plain * 1e3, "op_ms": ms, "ops_total_ms": sum(ms.values()),
-            "matmul_isolated_ms": isolated_ms(timer.matmuls, steps)}
+            "matmul_isolated_ms": isolated_ms(timer.matmuls, steps), "ops": ops}
+
+
+def top_table(result: dict, n: int) -> str:
+    """The ``n`` ops that take the most time per step, with their GEMM rate."""
+    rows = ["| phase | op | operand shapes | calls | ms per step | G multiply-adds/s |",
+            "|---|---|---|---|---|---|"]
+    for op in result["ops"][:n]:
+        rate = "-" if op["gmac_per_s"] is None else f"{op['gmac_per_s']:.0f}"
+        shapes = " ".join("x".join(map(str, s)) for s in op["shapes"][:3])
+        rows.append(f"| {op['phase']} | {op['op']} | {shapes} | {op['calls']} | {op['ms']:.1f} | {rate} |")
+    return "\n".join(rows)
 
 
 def table(results: dict[str, dict]) -> str:
@@ -145,6 +192,7 @@ def main() -> None:
                    help="AdamW's per-tensor loop instead of the fused kernel (to compare)")
     p.add_argument("--smoke", action="store_true", help="a tiny CvT instead of CvT-13 (tests)")
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--top", type=int, default=0, help="also list the N slowest ops of each")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,6 +200,8 @@ def main() -> None:
         results = {impl: breakdown(impl, Path(tmp), args.batch, args.steps, args.img,
                                    not args.loop_optimizer) for impl in IMPLS}
     print(table(results))
+    for impl in IMPLS if args.top else ():
+        print(f"\n{impl}: the {args.top} slowest ops\n{top_table(results[impl], args.top)}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 

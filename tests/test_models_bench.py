@@ -41,7 +41,7 @@ def test_bench_model_runs_and_writes_its_table(tmp_path):
 def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path):
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from bench_model import save_reference
-    from op_breakdown import OTHER, breakdown, category, table
+    from op_breakdown import OTHER, breakdown, category, macs, table, top_table
 
     assert category("addmm") == category("mm") == "matmul (Linear and explicit attention)"
     assert category("_scaled_dot_product_flash_attention_for_cpu_backward") == "fused attention (SDPA)"
@@ -58,3 +58,13 @@ def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path
         assert r["ops_total_ms"] == pytest.approx(sum(r["op_ms"].values()))
         assert r["matmul_isolated_ms"] > 0  # the step's matmuls, re-run alone
     assert "| **all ops** |" in table(results) and "each run alone" in table(results)
+    # the per-op listing: sorted by time, its parts add up, GEMM rates where defined
+    ops = results["ours"]["ops"]
+    assert [o["ms"] for o in ops] == sorted((o["ms"] for o in ops), reverse=True)
+    assert sum(o["ms"] for o in ops) == pytest.approx(results["ours"]["ops_total_ms"])
+    assert all(o["gmac_per_s"] > 0 for o in ops if o["op"] in ("addmm", "mm"))
+    assert "| forward | addmm |" in top_table(results["ours"], 50)
+    assert macs("addmm", ((5,), (4, 3), (3, 5))) == 4 * 3 * 5
+    assert macs("bmm", ((2, 4, 3), (2, 3, 5))) == 2 * 4 * 3 * 5
+    assert macs("_scaled_dot_product_flash_attention_for_cpu", ((2, 3, 10, 8), (2, 3, 4, 8))) == 2 * 2 * 3 * 10 * 4 * 8
+    assert macs("gelu", ((4, 3),)) is None
