@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from omegaconf import OmegaConf
 
 from cvt_lab.data import DataSourceError, ImageDataModule, load_splits
-from cvt_lab.data.datamodule import check_labels
+from cvt_lab.data.datamodule import SampleDecoder, check_labels
 from cvt_lab.data.sources import class_names
+from cvt_lab.data.transforms import EvalTransform
 from data_helpers import cifar_like, imagenet_like, make_folder, png_bytes, save_parquet
 
 
@@ -156,6 +157,16 @@ def test_labels_out_of_range_name_the_fix(tmp_path):
     ds = cifar_like()["train"].rename_column("fine_label", "label")
     with pytest.raises(DataSourceError, match=r"range over \[0, 4\] but data.num_classes=3; set data.num_classes=5"):
         check_labels(ds, 3, "tiny/train")
+
+
+def test_negative_labels_say_unlabelled_not_a_class_count():
+    # hub test splits mark missing labels with -1: the error said "set data.num_classes=0"
+    fix = r"-1 marks an unlabelled row .* map a labelled split there \(data.splits.<split>=<name>, or null"
+    with pytest.raises(DataSourceError, match=r"labels of tiny/test include -1: " + fix):
+        check_labels(Dataset.from_dict({"label": [-1, -1]}), 100, "tiny/test")
+    decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=100)
+    with pytest.raises(DataSourceError, match=r"label -1 of a row is negative: " + fix):
+        decoder({"image": {"bytes": png_bytes(1), "path": None}, "label": -1})
 
 
 def test_a_mapped_split_the_copy_lacks_is_refused_not_carved(make_cfg, tmp_path):

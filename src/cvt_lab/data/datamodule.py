@@ -23,6 +23,10 @@ from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
 
+UNLABELLED_FIX = ("-1 marks an unlabelled row (as in many hub test splits), not a "
+                  "class; map a labelled split there (data.splits.<split>=<name>, or null to carve "
+                  "it from train), or fix the labels")
+
 
 class SampleDecoder:
     """One row -> (uint8 image, label), or (None, why) for an unreadable image when skipping.
@@ -51,6 +55,8 @@ class SampleDecoder:
         label = int(row["label"])
         if self.num_classes is not None and not 0 <= label < self.num_classes:
             where = (row["image"] or {}).get("path") or "a row"
+            if label < 0:
+                raise DataSourceError(f"label {label} of {where} is negative: {UNLABELLED_FIX}")
             raise DataSourceError(
                 f"label {label} of {where} is outside [0, {self.num_classes}) (data.num_classes="
                 f"{self.num_classes}); set data.num_classes to the dataset's class count "
@@ -230,7 +236,9 @@ def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
     if len(labels) == 0:
         raise DataSourceError(f"dataset split {where} is empty")
     low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
+    if low < 0:
+        raise DataSourceError(f"labels of {where} include {low}: {UNLABELLED_FIX}")
+    if high >= num_classes:
         raise DataSourceError(
             f"labels of {where} range over [{low}, {high}] but data.num_classes={num_classes}; "
             f"set data.num_classes={high + 1} (or fix the labels)")
