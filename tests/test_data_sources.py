@@ -86,6 +86,18 @@ def test_offline_hub_error_names_dataset_reason_and_fixes(make_cfg, tmp_path):
     assert "data.path" in msg and "save_to_disk" in msg
 
 
+def test_string_labels_name_the_fix(make_cfg, tmp_path):
+    # a parquet file with class names as labels crashed in check_labels (numpy UFuncTypeError)
+    Dataset.from_dict({"image": [{"bytes": png_bytes(i), "path": None} for i in range(4)],
+                      "species": ["cat", "dog"] * 2}).to_parquet(str(tmp_path / "pets.parquet"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.path={tmp_path / 'pets.parquet'}",
+                   "data.label_column=species", "data.num_classes=2")
+    with pytest.raises(DataSourceError, match=r"folder: label column 'species' holds strings, not class "
+                                              r"indices; encode every split .*ds.cast_column\('species', "
+                                              r"datasets.ClassLabel\(names="):
+        ImageDataModule(cfg, {}).setup()
+
+
 def test_bad_local_path_is_named(make_cfg, tmp_path):
     cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'nope'}")
     with pytest.raises(DataSourceError, match="data.path=.*nope: no such file or folder"):

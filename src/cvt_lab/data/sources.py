@@ -126,6 +126,11 @@ def standardise(splits: DatasetDict | IterableDatasetDict, cfg: dict[str, Any], 
             raise DataSourceError(
                 f"split '{split}' of {cfg['name']} has no column(s) {missing}; it has {columns}. "
                 f"Set data.image_column / data.label_column to the right names.")
+        if getattr((ds.features or {}).get(label_col), "dtype", None) in ("string", "large_string"):
+            raise DataSourceError(
+                f"{cfg['name']}: label column '{label_col}' holds strings, not class indices; "
+                f"encode every split with the same names once: ds = ds.cast_column('{label_col}', "
+                "datasets.ClassLabel(names=[...])), save_to_disk and point data.path there")
         ds = ds.select_columns([image_col, label_col])
         if image_col != "image":
             ds = ds.rename_column(image_col, "image")
