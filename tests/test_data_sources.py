@@ -130,6 +130,19 @@ def test_folder_without_split_folders_is_carved(make_cfg, tmp_path):
     assert len(set(paths)) == 18
 
 
+def test_flat_folder_with_a_class_named_like_a_split(make_cfg, tmp_path):
+    # CIFAR-100 has a class 'train': its folder was taken for the train split ("0 class folders")
+    root = make_folder(tmp_path / "flat", None, classes=("bus", "train", "val"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}", "data.val_size=3",
+                   "data.test_size=3")
+    dm = ImageDataModule(cfg, {})
+    assert dm.num_classes == 3
+    dm.setup()
+    assert dm.class_names == ["bus", "train", "val"]
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 12, "val": 3, "test": 3}
+    assert sorted(list(dm.splits["val"]["label"])) == [0, 1, 2]
+
+
 def test_folder_bad_layouts_get_clear_errors(make_cfg, tmp_path):
     def cfg_for(root):
         return data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")

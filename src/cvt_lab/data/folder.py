@@ -27,13 +27,21 @@ JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored silently (as are hidde
 
 
 def split_folders(root: Path) -> dict[str, Path]:
-    """Our split name -> its folder; the root itself is 'train' when there are none."""
+    """Our split name -> its folder; the root itself is 'train' when there are none.
+
+    A folder named like a split that holds no class folders, next to other folders, is a
+    class of a flat layout (CIFAR-100 has a class 'train'), not a split.
+    """
     found = {}
     for ours, names in SPLIT_FOLDERS.items():
         for name in names:
             if (root / name).is_dir():
                 found[ours] = root / name
                 break
+    split_names = {p.name for p in found.values()}
+    if (found and any(p.is_dir() and _visible(p) and p.name not in split_names for p in root.iterdir())
+            and not any(_subfolders(p) for p in found.values())):
+        return {"train": root}
     if found and "train" not in found:
         raise DataSourceError(f"{root} has {sorted(p.name for p in found.values())} but no train/ "
                               "folder: add train/<class>/ folders with the training images")
@@ -42,6 +50,10 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower() not in JUNK
+
+
+def _subfolders(folder: Path) -> bool:
+    return any(p.is_dir() and _visible(p) for p in folder.iterdir())
 
 
 def folder_classes(root: str | Path) -> list[str]:
