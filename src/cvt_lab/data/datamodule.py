@@ -13,7 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..resume import ResumableLoader, ResumableSampler
-from .decode import ImageDecodeError, decode_image
+from .decode import SKIP_HINT, ImageDecodeError, decode_image
 from .device_augment import DeviceAugment
 from .errors import DataSourceError
 from .folder import folder_classes
@@ -67,7 +67,7 @@ class SampleDecoder:
         except ImageDecodeError as err:
             if not self.skip_corrupt:
                 raise
-            return None, str(err)
+            return None, str(err).removesuffix(f", or {SKIP_HINT}")  # skipping is on already
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -97,7 +97,10 @@ def collate(samples: list[tuple[torch.Tensor | None, Any]]) -> tuple[torch.Tenso
     good = [s for s in samples if s[0] is not None]
     skipped = [s[1] for s in samples if s[0] is None]
     if not good:
-        raise ImageDecodeError("every image of a batch was unreadable, e.g. " + skipped[0])
+        raise ImageDecodeError(
+            f"all {len(samples)} images of a batch were unreadable: data.skip_corrupt=true drops "
+            "unreadable images from a batch but cannot make one of none; remove or replace them. "
+            f"The first: {skipped[0]}")
     return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good], dtype=torch.long),
             skipped)
 
