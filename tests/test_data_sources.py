@@ -49,6 +49,19 @@ def test_cifar100_coarse_labels_are_selectable(make_cfg, tmp_path):
     assert class_names(splits, cfg) == [f"c{i}" for i in range(20)]
 
 
+def test_a_carve_larger_than_train_names_the_key(make_cfg, tmp_path):
+    # cifar100's val_size=5000 on a 20-image copy failed with datasets' "test_size=5000 should be ..."
+    cifar_like().save_to_disk(str(tmp_path / "cifar"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}")
+    with pytest.raises(DataSourceError, match=r"data.val_size=5000 but the train split of cifar100 has "
+                                              r"20 images: set data.val_size to fewer images or a fraction"):
+        load_splits(cfg)
+    DatasetDict(train=cifar_like()["train"]).save_to_disk(str(tmp_path / "train_only"))
+    with pytest.raises(DataSourceError, match=r"data.test_size=16 but the train split of cifar100 has 16 "):
+        load_splits({**cfg, "path": str(tmp_path / "train_only"), "splits": None, "val_size": 4,
+                     "test_size": 16})
+
+
 def test_class_count_mismatch_names_the_fix(make_cfg, tmp_path):
     cifar_like().save_to_disk(str(tmp_path / "cifar"))
     cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}",
