@@ -191,6 +191,20 @@ def test_folder_non_image_file_is_named_or_skipped(make_cfg, tmp_path, caplog):
     assert "skipping 1 item(s)" in caplog.text
 
 
+def test_folder_broken_symlink_is_named_or_skipped(make_cfg, tmp_path, caplog):
+    # a dangling link (a symlinked image farm whose target moved) failed in the imagefolder
+    # builder with a bare FileNotFoundError, with data.skip_corrupt=true too
+    root = make_folder(tmp_path / "links", {"train": 2})
+    (root / "train" / "dog" / "gone.jpg").symlink_to(tmp_path / "moved" / "gone.jpg")
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
+    with pytest.raises(DataSourceError, match=r"train/dog/gone.jpg: a broken symbolic link \(to "
+                                              r".*moved/gone.jpg\)[\s\S]*data.skip_corrupt=true"):
+        load_splits(cfg)
+    splits = load_splits({**cfg, "skip_corrupt": True})
+    assert sum(len(s) for s in splits.values()) == 6
+    assert "skipping 1 item(s)" in caplog.text
+
+
 def test_labels_out_of_range_name_the_fix(tmp_path):
     ds = cifar_like()["train"].rename_column("fine_label", "label")
     with pytest.raises(DataSourceError, match=r"range over \[0, 4\] but data.num_classes=3; set data.num_classes=5"):

@@ -10,6 +10,7 @@ decoded) first, so layout mistakes fail at setup with the path and the fix.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +90,9 @@ def scan_folder(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, lis
                     f"from the train folder: {classes[:10]}...): rename it or add it to train/")
             images = []
             for item in sorted(p for p in class_dir.iterdir() if _visible(p)):
-                if item.is_dir():
+                if item.is_symlink() and not item.exists():
+                    bad.append(f"{item}: a broken symbolic link (to {os.readlink(item)})")
+                elif item.is_dir():
                     bad.append(f"{item}: a folder inside a class folder (images must sit directly "
                                "in <split>/<class>/)")
                 elif item.suffix.lower() not in IMAGE_EXTENSIONS:
