@@ -50,6 +50,15 @@ def test_eval_transform_is_deterministic_resize_then_centre_crop():
     assert EvalTransform(384, 1.0, warp=True)(img).shape == (3, 384, 384)
 
 
+def test_eval_sizes_are_the_reference_resize_and_centre_crop():
+    # timm and the original CvT code use torchvision: Resize(256) truncates the long side
+    # (int(256 * long / short)) and CenterCrop rounds the offset (round((n - 224) / 2))
+    t = EvalTransform(224, 0.875)
+    assert t.plan(640, 427) == ((383, 256), (80, 16, 304, 240))  # 383.7 -> 383, not 384
+    assert t.plan(427, 640) == ((256, 383), (16, 80, 240, 304))
+    assert t.plan(1372, 1024) == ((343, 256), (60, 16, 284, 240))  # offset 59.5 -> 60, not 59
+
+
 def test_device_augment_eval_normalises_and_keeps_hard_labels():
     aug = DeviceAugment(MEAN, STD, DEIT, num_classes=10)
     images, labels = batch(), torch.arange(8)

@@ -104,5 +104,12 @@ def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
         x, targets, out_labels = dm.on_after_batch_transfer((images, labels, skipped), 0)
     assert dm.skipped == 1 and "skipped unreadable image (1 so far): cannot decode /data/train/cat/broken.jpg" in caplog.text
     assert x.shape == (2, 3, 8, 8) and torch.equal(out_labels, labels)
-    with pytest.raises(ImageDecodeError, match="every image of a batch was unreadable"):
-        collate([decoder(rows[1])])
+    # skip_corrupt is on: neither the log nor the error may tell the user to turn it on
+    assert "skip_corrupt" not in caplog.text and skipped[0].endswith("Remove or replace the file")
+    with pytest.raises(ImageDecodeError) as info:
+        collate([decoder(rows[1]), decoder(rows[1])])
+    assert str(info.value).startswith(
+        "all 2 images of a batch were unreadable: data.skip_corrupt=true drops unreadable images "
+        "from a batch but cannot make one of none; remove or replace them. The first: cannot decode "
+        "/data/train/cat/broken.jpg")
+    assert "set data.skip_corrupt" not in str(info.value)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import pytest
-from datasets import DatasetDict
+from datasets import Dataset, DatasetDict
 from omegaconf import OmegaConf
 
 from cvt_lab.data import DataSourceError, ImageDataModule, load_splits
-from cvt_lab.data.datamodule import check_labels
+from cvt_lab.data.datamodule import SampleDecoder, check_labels
 from cvt_lab.data.sources import class_names
+from cvt_lab.data.transforms import EvalTransform
 from data_helpers import cifar_like, imagenet_like, make_folder, png_bytes, save_parquet
 
 
@@ -48,6 +49,19 @@ def test_cifar100_coarse_labels_are_selectable(make_cfg, tmp_path):
     assert class_names(splits, cfg) == [f"c{i}" for i in range(20)]
 
 
+def test_a_carve_larger_than_train_names_the_key(make_cfg, tmp_path):
+    # cifar100's val_size=5000 on a 20-image copy failed with datasets' "test_size=5000 should be ..."
+    cifar_like().save_to_disk(str(tmp_path / "cifar"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}")
+    with pytest.raises(DataSourceError, match=r"data.val_size=5000 but the train split of cifar100 has "
+                                              r"20 images: set data.val_size to fewer images or a fraction"):
+        load_splits(cfg)
+    DatasetDict(train=cifar_like()["train"]).save_to_disk(str(tmp_path / "train_only"))
+    with pytest.raises(DataSourceError, match=r"data.test_size=16 but the train split of cifar100 has 16 "):
+        load_splits({**cfg, "path": str(tmp_path / "train_only"), "splits": None, "val_size": 4,
+                     "test_size": 16})
+
+
 def test_class_count_mismatch_names_the_fix(make_cfg, tmp_path):
     cifar_like().save_to_disk(str(tmp_path / "cifar"))
     cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}",
@@ -85,6 +99,18 @@ def test_offline_hub_error_names_dataset_reason_and_fixes(make_cfg, tmp_path):
     assert "data.path" in msg and "save_to_disk" in msg
 
 
+def test_string_labels_name_the_fix(make_cfg, tmp_path):
+    # a parquet file with class names as labels crashed in check_labels (numpy UFuncTypeError)
+    Dataset.from_dict({"image": [{"bytes": png_bytes(i), "path": None} for i in range(4)],
+                      "species": ["cat", "dog"] * 2}).to_parquet(str(tmp_path / "pets.parquet"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.path={tmp_path / 'pets.parquet'}",
+                   "data.label_column=species", "data.num_classes=2")
+    with pytest.raises(DataSourceError, match=r"folder: label column 'species' holds strings, not class "
+                                              r"indices; encode every split .*ds.cast_column\('species', "
+                                              r"datasets.ClassLabel\(names="):
+        ImageDataModule(cfg, {}).setup()
+
+
 def test_bad_local_path_is_named(make_cfg, tmp_path):
     cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'nope'}")
     with pytest.raises(DataSourceError, match="data.path=.*nope: no such file or folder"):
@@ -115,6 +141,19 @@ def test_folder_without_split_folders_is_carved(make_cfg, tmp_path):
     assert sorted(list(splits["val"]["label"])) == [0, 1, 2]  # stratified
     paths = [r["path"] for s in splits.values() for r in list(s["image"])]
     assert len(set(paths)) == 18
+
+
+def test_flat_folder_with_a_class_named_like_a_split(make_cfg, tmp_path):
+    # CIFAR-100 has a class 'train': its folder was taken for the train split ("0 class folders")
+    root = make_folder(tmp_path / "flat", None, classes=("bus", "train", "val"))
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}", "data.val_size=3",
+                   "data.test_size=3")
+    dm = ImageDataModule(cfg, {})
+    assert dm.num_classes == 3
+    dm.setup()
+    assert dm.class_names == ["bus", "train", "val"]
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 12, "val": 3, "test": 3}
+    assert sorted(list(dm.splits["val"]["label"])) == [0, 1, 2]
 
 
 def test_folder_bad_layouts_get_clear_errors(make_cfg, tmp_path):
@@ -152,10 +191,34 @@ def test_folder_non_image_file_is_named_or_skipped(make_cfg, tmp_path, caplog):
     assert "skipping 1 item(s)" in caplog.text
 
 
+def test_folder_broken_symlink_is_named_or_skipped(make_cfg, tmp_path, caplog):
+    # a dangling link (a symlinked image farm whose target moved) failed in the imagefolder
+    # builder with a bare FileNotFoundError, with data.skip_corrupt=true too
+    root = make_folder(tmp_path / "links", {"train": 2})
+    (root / "train" / "dog" / "gone.jpg").symlink_to(tmp_path / "moved" / "gone.jpg")
+    cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
+    with pytest.raises(DataSourceError, match=r"train/dog/gone.jpg: a broken symbolic link \(to "
+                                              r".*moved/gone.jpg\)[\s\S]*data.skip_corrupt=true"):
+        load_splits(cfg)
+    splits = load_splits({**cfg, "skip_corrupt": True})
+    assert sum(len(s) for s in splits.values()) == 6
+    assert "skipping 1 item(s)" in caplog.text
+
+
 def test_labels_out_of_range_name_the_fix(tmp_path):
     ds = cifar_like()["train"].rename_column("fine_label", "label")
     with pytest.raises(DataSourceError, match=r"range over \[0, 4\] but data.num_classes=3; set data.num_classes=5"):
         check_labels(ds, 3, "tiny/train")
+
+
+def test_negative_labels_say_unlabelled_not_a_class_count():
+    # hub test splits mark missing labels with -1: the error said "set data.num_classes=0"
+    fix = r"-1 marks an unlabelled row .* map a labelled split there \(data.splits.<split>=<name>, or null"
+    with pytest.raises(DataSourceError, match=r"labels of tiny/test include -1: " + fix):
+        check_labels(Dataset.from_dict({"label": [-1, -1]}), 100, "tiny/test")
+    decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=100)
+    with pytest.raises(DataSourceError, match=r"label -1 of a row is negative: " + fix):
+        decoder({"image": {"bytes": png_bytes(1), "path": None}, "label": -1})
 
 
 def test_a_mapped_split_the_copy_lacks_is_refused_not_carved(make_cfg, tmp_path):

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from datasets import Value
+from datasets import Dataset, Value
 from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
 
 from cvt_lab.data import ImageDataModule, load_splits
 from cvt_lab.data.datamodule import SampleDecoder
@@ -80,3 +81,16 @@ def test_stream_workers_yield_len_loader_whole_batches(make_cfg, tmp_path):
     assert loader.num_workers == 2
     batches = list(loader)
     assert len(loader) == len(batches) == 5
+
+
+def test_stream_workers_read_every_row_in_every_epoch():
+    # a worker whose shards were short of its quota read them a second time and so counted
+    # one epoch more than the others; from then on the workers shuffled the shards with
+    # different epochs and split them inconsistently: epoch 2 read rows 0-4 twice, 10-14 never
+    stream = split_stream(Dataset.from_dict({"x": list(range(20))}).to_iterable_dataset(num_shards=4),
+                          0, 1, True, buffer=1)
+    rows = StreamingImages(stream, lambda row: row["x"], length=22, batch_size=2)  # quotas 12 and 10
+    loader = DataLoader(rows, batch_size=2, num_workers=2, persistent_workers=True, drop_last=True)
+    for _ in range(3):
+        seen = [int(x) for batch in loader for x in batch]
+        assert len(seen) == 22 and set(seen) == set(range(20))

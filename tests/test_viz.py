@@ -80,7 +80,7 @@ def test_metric_by_run_overlays_runs(run_dir, tmp_path):
 
 def test_eval_transform_plan_is_what_it_does():
     transform = EvalTransform(224, 0.875)
-    assert transform.plan(640, 427) == ((384, 256), (80, 16, 304, 240))  # short side 256, crop 224
+    assert transform.plan(640, 427) == ((383, 256), (80, 16, 304, 240))  # short side 256, crop 224
     assert EvalTransform(384, warp=True).plan(640, 427) == ((384, 384), (0, 0, 384, 384))
     rng = np.random.default_rng(0)
     image = Image.fromarray(rng.integers(0, 255, (427, 640, 3), dtype=np.uint8))
@@ -97,7 +97,7 @@ def test_eval_preprocessing_figure_shows_the_plan_and_the_real_output():
     original, resized, crop = fig.axes
     box = resized.patches[0]
     assert (box.get_x(), box.get_y(), box.get_width(), box.get_height()) == (80, 16, 224, 224)
-    assert resized.images[0].get_extent() == [0, 384, 256, 0]
+    assert resized.images[0].get_extent() == [0, 383, 256, 0]
     assert np.array_equal(crop.images[0].get_array(), transform(image).permute(1, 2, 0).numpy())
     assert original.get_title() == "original 640x427"
 

@@ -13,7 +13,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..resume import ResumableLoader, ResumableSampler
-from .decode import ImageDecodeError, decode_image
+from .decode import SKIP_HINT, ImageDecodeError, decode_image
 from .device_augment import DeviceAugment
 from .errors import DataSourceError
 from .folder import folder_classes
@@ -22,6 +22,10 @@ from .streaming import StreamingImages, split_stream
 from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
+
+UNLABELLED_FIX = ("-1 marks an unlabelled row (as in many hub test splits), not a "
+                  "class; map a labelled split there (data.splits.<split>=<name>, or null to carve "
+                  "it from train), or fix the labels")
 
 
 class SampleDecoder:
@@ -51,6 +55,8 @@ class SampleDecoder:
         label = int(row["label"])
         if self.num_classes is not None and not 0 <= label < self.num_classes:
             where = (row["image"] or {}).get("path") or "a row"
+            if label < 0:
+                raise DataSourceError(f"label {label} of {where} is negative: {UNLABELLED_FIX}")
             raise DataSourceError(
                 f"label {label} of {where} is outside [0, {self.num_classes}) (data.num_classes="
                 f"{self.num_classes}); set data.num_classes to the dataset's class count "
@@ -61,7 +67,7 @@ class SampleDecoder:
         except ImageDecodeError as err:
             if not self.skip_corrupt:
                 raise
-            return None, str(err)
+            return None, str(err).removesuffix(f", or {SKIP_HINT}")  # skipping is on already
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -91,7 +97,10 @@ def collate(samples: list[tuple[torch.Tensor | None, Any]]) -> tuple[torch.Tenso
     good = [s for s in samples if s[0] is not None]
     skipped = [s[1] for s in samples if s[0] is None]
     if not good:
-        raise ImageDecodeError("every image of a batch was unreadable, e.g. " + skipped[0])
+        raise ImageDecodeError(
+            f"all {len(samples)} images of a batch were unreadable: data.skip_corrupt=true drops "
+            "unreadable images from a batch but cannot make one of none; remove or replace them. "
+            f"The first: {skipped[0]}")
     return (torch.stack([s[0] for s in good]), torch.tensor([s[1] for s in good], dtype=torch.long),
             skipped)
 
@@ -230,7 +239,9 @@ def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
     if len(labels) == 0:
         raise DataSourceError(f"dataset split {where} is empty")
     low, high = int(labels.min()), int(labels.max())
-    if low < 0 or high >= num_classes:
+    if low < 0:
+        raise DataSourceError(f"labels of {where} include {low}: {UNLABELLED_FIX}")
+    if high >= num_classes:
         raise DataSourceError(
             f"labels of {where} range over [{low}, {high}] but data.num_classes={num_classes}; "
             f"set data.num_classes={high + 1} (or fix the labels)")

@@ -10,6 +10,7 @@ decoded) first, so layout mistakes fail at setup with the path and the fix.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +28,21 @@ JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored silently (as are hidde
 
 
 def split_folders(root: Path) -> dict[str, Path]:
-    """Our split name -> its folder; the root itself is 'train' when there are none."""
+    """Our split name -> its folder; the root itself is 'train' when there are none.
+
+    A folder named like a split that holds no class folders, next to other folders, is a
+    class of a flat layout (CIFAR-100 has a class 'train'), not a split.
+    """
     found = {}
     for ours, names in SPLIT_FOLDERS.items():
         for name in names:
             if (root / name).is_dir():
                 found[ours] = root / name
                 break
+    split_names = {p.name for p in found.values()}
+    if (found and any(p.is_dir() and _visible(p) and p.name not in split_names for p in root.iterdir())
+            and not any(_subfolders(p) for p in found.values())):
+        return {"train": root}
     if found and "train" not in found:
         raise DataSourceError(f"{root} has {sorted(p.name for p in found.values())} but no train/ "
                               "folder: add train/<class>/ folders with the training images")
@@ -42,6 +51,10 @@ def split_folders(root: Path) -> dict[str, Path]:
 
 def _visible(path: Path) -> bool:
     return not path.name.startswith(".") and path.name.lower() not in JUNK
+
+
+def _subfolders(folder: Path) -> bool:
+    return any(p.is_dir() and _visible(p) for p in folder.iterdir())
 
 
 def folder_classes(root: str | Path) -> list[str]:
@@ -77,7 +90,9 @@ def scan_folder(root: str | Path, skip_bad: bool = False) -> tuple[dict[str, lis
                     f"from the train folder: {classes[:10]}...): rename it or add it to train/")
             images = []
             for item in sorted(p for p in class_dir.iterdir() if _visible(p)):
-                if item.is_dir():
+                if item.is_symlink() and not item.exists():
+                    bad.append(f"{item}: a broken symbolic link (to {os.readlink(item)})")
+                elif item.is_dir():
                     bad.append(f"{item}: a folder inside a class folder (images must sit directly "
                                "in <split>/<class>/)")
                 elif item.suffix.lower() not in IMAGE_EXTENSIONS:

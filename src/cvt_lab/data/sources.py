@@ -126,6 +126,11 @@ def standardise(splits: DatasetDict | IterableDatasetDict, cfg: dict[str, Any], 
             raise DataSourceError(
                 f"split '{split}' of {cfg['name']} has no column(s) {missing}; it has {columns}. "
                 f"Set data.image_column / data.label_column to the right names.")
+        if getattr((ds.features or {}).get(label_col), "dtype", None) in ("string", "large_string"):
+            raise DataSourceError(
+                f"{cfg['name']}: label column '{label_col}' holds strings, not class indices; "
+                f"encode every split with the same names once: ds = ds.cast_column('{label_col}', "
+                "datasets.ClassLabel(names=[...])), save_to_disk and point data.path there")
         ds = ds.select_columns([image_col, label_col])
         if image_col != "image":
             ds = ds.rename_column(image_col, "image")
@@ -139,10 +144,10 @@ def standardise(splits: DatasetDict | IterableDatasetDict, cfg: dict[str, Any], 
         out.setdefault("test", out["val"])
         return IterableDatasetDict(out)
     if "val" not in out:
-        out["train"], out["val"] = _carve(out["train"], cfg.get("val_size", 0.1), seed)
+        out["train"], out["val"] = _carve(out["train"], cfg.get("val_size", 0.1), seed, "val", cfg["name"])
     if "test" not in out:
         if cfg.get("test_size"):
-            out["train"], out["test"] = _carve(out["train"], cfg["test_size"], seed)
+            out["train"], out["test"] = _carve(out["train"], cfg["test_size"], seed, "test", cfg["name"])
         else:
             log.info("%s has no test split: testing on the validation split", cfg["name"])
             out["test"] = out["val"]
@@ -167,8 +172,12 @@ def _pick_splits(splits: Any, names: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _carve(ds: Dataset, size: float | int, seed: int) -> tuple[Dataset, Dataset]:
+def _carve(ds: Dataset, size: float | int, seed: int, split: str, name: str) -> tuple[Dataset, Dataset]:
     """Split off ``size`` rows (a count, or a fraction < 1), stratified when labels allow."""
+    if size >= 1 and size >= len(ds):
+        raise DataSourceError(
+            f"data.{split}_size={size} but the train split of {name} has {len(ds)} images: set "
+            f"data.{split}_size to fewer images or a fraction (e.g. data.{split}_size=0.1)")
     stratify = "label" if isinstance(ds.features["label"], ClassLabel) else None
     try:
         parts = ds.train_test_split(test_size=size, seed=seed, stratify_by_column=stratify)

@@ -52,9 +52,12 @@ class StreamingImages(torch.utils.data.IterableDataset):
         batches, rest = divmod(self.length // self.batch_size, workers)
         quota = (batches + (worker < rest)) * self.batch_size
         produced = 0
+        # a new shuffle of shards and buffer every epoch, the same in every worker: the workers
+        # split the shuffled shards between them, so differing epochs would overlap their parts.
+        # A worker short of its quota re-reads its own part (as shuffled this epoch).
+        self.epoch += 1
+        self.stream.set_epoch(self.epoch)
         while produced < quota:
-            self.epoch += 1  # a new shuffle of shards and buffer on every pass
-            self.stream.set_epoch(self.epoch)
             before = produced
             for row in self.stream:
                 if produced == quota:

@@ -82,13 +82,20 @@ class EvalTransform:
 
     def plan(self, width: int, height: int) -> tuple[tuple[int, int], tuple[int, int, int, int]]:
         """The two steps for a width x height image: the (w, h) it is resized to, then the
-        (left, top, right, bottom) box cropped from that (shown by ``viz.plot_eval_preprocessing``)."""
+        (left, top, right, bottom) box cropped from that (shown by ``viz.plot_eval_preprocessing``).
+
+        The sizes are torchvision's ``Resize(short)`` + ``CenterCrop(size)``, which timm and the
+        original CvT code use: the long side is truncated, the crop offset rounded.
+        """
         if self.warp:
             return (self.size, self.size), (0, 0, self.size, self.size)
         short = math.floor(self.size / self.crop_pct)
-        scale = short / min(width, height)
-        nw, nh = max(self.size, round(width * scale)), max(self.size, round(height * scale))
-        left, top = (nw - self.size) // 2, (nh - self.size) // 2
+        if width <= height:
+            nw, nh = short, int(short * height / width)
+        else:
+            nw, nh = int(short * width / height), short
+        nw, nh = max(self.size, nw), max(self.size, nh)
+        left, top = round((nw - self.size) / 2), round((nh - self.size) / 2)
         return (nw, nh), (left, top, left + self.size, top + self.size)
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
