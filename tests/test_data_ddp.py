@@ -3,6 +3,8 @@ metrics and loss equal a one-process evaluation."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning as L
 import pytest
 import torch
@@ -10,7 +12,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvt_lab.data import ImageDataModule
+from cvt_lab.data import DataSourceError, ImageDataModule
 from cvt_lab.module import CvTModule
 from data_helpers import png_bytes
 
@@ -49,6 +51,21 @@ def test_unrepeated_sampler_partitions_without_padding():
     shards = [list(UnrepeatedDistributedSampler(range(7), num_replicas=2, rank=r, shuffle=False))
               for r in range(2)]
     assert sorted(shards[0] + shards[1]) == list(range(7))
+
+
+def test_an_eval_split_smaller_than_the_process_count_is_refused_with_the_fix():
+    # 7 images over 8 processes: the unpadded sampler would leave a rank with none, and
+    # Lightning's sampler failed with a bare AssertionError
+    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
+           "batch_size": 8, "num_workers": 0}
+    datamodule = SevenImages(cfg, {})
+    datamodule.setup()
+    datamodule.trainer = SimpleNamespace(world_size=8, global_rank=7, accumulate_grad_batches=1)
+    with pytest.raises(DataSourceError, match=r"the seven val split has 7 images but the run has 8 "
+                                              r"processes .* use fewer devices \(trainer.devices"):
+        datamodule.val_dataloader()
+    datamodule.trainer.world_size, datamodule.trainer.global_rank = 7, 6
+    assert len(datamodule.test_dataloader().sampler) == 1
 
 
 @pytest.mark.slow
