@@ -144,8 +144,8 @@ class CvTModule(L.LightningModule):
             self.ema.update_parameters(self.net)
             self._ema_step = self.trainer.global_step
 
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=False)
+    def on_train_epoch_end(self) -> None:  # (sync_dist: see on_validation_epoch_end)
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
 
     def _eval_step(self, batch: Any, metrics: MetricCollection, loss_mean: MeanMetric) -> None:
