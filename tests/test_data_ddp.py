@@ -1,6 +1,9 @@
-"""Under DDP, evaluation counts every sample exactly once (no sampler padding)."""
+"""Under DDP, evaluation counts every sample exactly once (no sampler padding), and its
+metrics and loss equal a one-process evaluation."""
 
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -9,7 +12,8 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torchmetrics.classification import MulticlassAccuracy
 
-from cvt_lab.data import ImageDataModule
+from cvt_lab.data import DataSourceError, ImageDataModule
+from cvt_lab.module import CvTModule
 from data_helpers import png_bytes
 
 LABELS = [0, 1, 1, 0, 1, 1, 0]  # 7 samples, 3 of class 0; DistributedSampler would repeat sample 0
@@ -49,6 +53,21 @@ def test_unrepeated_sampler_partitions_without_padding():
     assert sorted(shards[0] + shards[1]) == list(range(7))
 
 
+def test_an_eval_split_smaller_than_the_process_count_is_refused_with_the_fix():
+    # 7 images over 8 processes: the unpadded sampler would leave a rank with none, and
+    # Lightning's sampler failed with a bare AssertionError
+    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
+           "batch_size": 8, "num_workers": 0}
+    datamodule = SevenImages(cfg, {})
+    datamodule.setup()
+    datamodule.trainer = SimpleNamespace(world_size=8, global_rank=7, accumulate_grad_batches=1)
+    with pytest.raises(DataSourceError, match=r"the seven val split has 7 images but the run has 8 "
+                                              r"processes .* use fewer devices \(trainer.devices"):
+        datamodule.val_dataloader()
+    datamodule.trainer.world_size, datamodule.trainer.global_rank = 7, 6
+    assert len(datamodule.test_dataloader().sampler) == 1
+
+
 @pytest.mark.slow
 def test_ddp_validation_counts_each_sample_once(tmp_path):
     cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
@@ -59,3 +78,23 @@ def test_ddp_validation_counts_each_sample_once(tmp_path):
     (metrics,) = trainer.validate(PredictsZero(), datamodule=SevenImages(cfg, {}))
     assert metrics["val/seen"] == 7
     assert metrics["val/acc1"] == pytest.approx(3 / 7)  # padded: 4/8
+
+
+@pytest.mark.slow
+def test_ddp_eval_loss_equals_one_process_loss_when_ranks_see_unequal_counts(tmp_path):
+    # 7 samples over 2 ranks in batches of 2: rank 0 sees 2+2, rank 1 2+1. Lightning's
+    # sync_dist mean of the logged loss averaged the per-rank sample counts as integers
+    # (7 / 2 -> 3), so val/test loss came out 7/6 too big. The reference is one process
+    # with one batch of all 7 (no averaging over batches to get wrong).
+    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 32,
+           "batch_size": 4, "num_workers": 0}
+    torch.manual_seed(0)
+    module = CvTModule(model={"name": "cvt_tiny"}, optimizer={}, scheduler={}, num_classes=2)
+    options = dict(accelerator="cpu", logger=False, enable_checkpointing=False,
+                   enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path)
+    (one,) = L.Trainer(devices=1, **options).test(
+        module, datamodule=SevenImages({**cfg, "batch_size": 8}, {}), verbose=False)
+    (two,) = L.Trainer(devices=2, strategy="ddp_spawn", **options).test(
+        module, datamodule=SevenImages(cfg, {}), verbose=False)
+    assert two["test/acc1"] == one["test/acc1"]
+    assert two["test/loss"] == pytest.approx(one["test/loss"], rel=1e-6)

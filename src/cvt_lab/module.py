@@ -12,7 +12,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-from torchmetrics import MaxMetric, MetricCollection
+from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
 from .models import CvT, create_model
@@ -85,6 +85,13 @@ class CvTModule(L.LightningModule):
         self.train_metrics = accuracy_metrics(num_classes, "train/")
         self.val_metrics = accuracy_metrics(num_classes, "val/")
         self.test_metrics = accuracy_metrics(num_classes, "test/")
+        # the eval loss per sample over all ranks: Lightning's sync_dist mean of a logged value
+        # averages the per-rank sample counts as integers, which truncates when the ranks see
+        # unequal counts (the unpadded eval sampler), e.g. 7 -> 6 over 2 ranks. It is fed
+        # per-sample losses: with nan_strategy="disable" (a NaN loss stays NaN; the default
+        # drops it with a warning) MeanMetric ignores its weight argument
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc1_best = MaxMetric()
         self._configured = False
         self._ema_step = 0
@@ -137,26 +144,31 @@ class CvTModule(L.LightningModule):
             self.ema.update_parameters(self.net)
             self._ema_step = self.trainer.global_step
 
-    def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute(), sync_dist=False)
+    def on_train_epoch_end(self) -> None:  # (sync_dist: see on_validation_epoch_end)
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
 
-    def _eval_step(self, batch: Any, metrics: MetricCollection, stage: str) -> None:
+    def _eval_step(self, batch: Any, metrics: MetricCollection, loss_mean: MeanMetric) -> None:
         images, _, labels = batch
         logits = self(images)
-        loss = F.cross_entropy(logits, labels)
         metrics.update(logits, labels)
-        self.log(f"{stage}/loss", loss, prog_bar=stage == "val", sync_dist=True,
-                 batch_size=labels.shape[0])
+        loss_mean.update(F.cross_entropy(logits, labels, reduction="none"))
+
+    @staticmethod
+    def _eval_values(metrics: MetricCollection, loss_mean: MeanMetric, stage: str
+                     ) -> dict[str, torch.Tensor]:
+        values = {**metrics.compute(), f"{stage}/loss": loss_mean.compute()}
+        metrics.reset()
+        loss_mean.reset()
+        return values
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.val_metrics, "val")
+        self._eval_step(batch, self.val_metrics, self.val_loss)
 
     # compute() already gathers over all ranks; sync_dist on the (equal) values only tells
     # Lightning so, which silences its "use sync_dist" warning under DDP
     def on_validation_epoch_end(self) -> None:
-        values = self.val_metrics.compute()
-        self.val_metrics.reset()
+        values = self._eval_values(self.val_metrics, self.val_loss, "val")
         self.log_dict(values, prog_bar=True, sync_dist=True)
         if not self.trainer.sanity_checking:
             self.val_acc1_best.update(values["val/acc1"])
@@ -190,11 +202,10 @@ class CvTModule(L.LightningModule):
         return None if clipped and isinstance(self.trainer.precision_plugin, MixedPrecision) else fused
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._eval_step(batch, self.test_metrics, "test")
+        self._eval_step(batch, self.test_metrics, self.test_loss)
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self.test_metrics.compute(), sync_dist=True)
-        self.test_metrics.reset()
+        self.log_dict(self._eval_values(self.test_metrics, self.test_loss, "test"), sync_dist=True)
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt_cfg = {**self.hparams.optimizer, "fused": self._fused()}

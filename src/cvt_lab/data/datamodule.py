@@ -198,6 +198,11 @@ class ImageDataModule(L.LightningDataModule):
                                    generator=torch.Generator().manual_seed(self.seed), **options)
         sampler = None
         if world > 1:  # Lightning's DistributedSampler would pad with repeats
+            if len(dataset) < world:  # it asserts that every rank gets at least one sample
+                raise DataSourceError(
+                    f"the {self.cfg['name']} {split} split has {len(dataset)} images but the run "
+                    f"has {world} processes (devices x nodes), and each evaluates its own part: "
+                    "use fewer devices (trainer.devices, trainer.num_nodes) or a larger split")
             sampler = UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False)
         return DataLoader(dataset, shuffle=False, sampler=sampler, **options)
 
