@@ -240,6 +240,27 @@ def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp
         torch.testing.assert_close(restored(images), module.ema.module(images))
 
 
+def test_ema_in_a_mid_epoch_checkpoint_holds_every_step_and_resumes_exactly(tmp_path):
+    # step checkpoints are written in a callback's on_train_batch_end: the EMA must already
+    # hold that step, or the checkpoint lags one update and the resumed run never makes it up
+    def fit(ckpt_path=None, callbacks=()):
+        module = tiny_module(ema_decay=0.5, optimizer={**SGD, "lr": 0.5})
+        trainer(max_steps=4, enable_checkpointing=True, callbacks=list(callbacks)).fit(
+            module, loader(n=16, batch=8), ckpt_path=ckpt_path)
+        return module
+
+    saver = L.pytorch.callbacks.ModelCheckpoint(tmp_path, filename="{step}", save_top_k=-1,
+                                                every_n_train_steps=2)
+    whole = fit(callbacks=[saver])
+    path = tmp_path / "step=2.ckpt"
+    assert int(torch.load(path, weights_only=True)["state_dict"]["ema.n_averaged"]) == 2
+    resumed = fit(ckpt_path=path)
+    assert int(resumed.ema.n_averaged) == int(whole.ema.n_averaged) == 4
+    for (name, a), b in zip(whole.ema.module.state_dict().items(),
+                            resumed.ema.module.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
+
+
 # ---------------------------------------------------------------- DDP
 
 class RankRecord(L.Callback):

@@ -87,7 +87,6 @@ class CvTModule(L.LightningModule):
         self.test_metrics = accuracy_metrics(num_classes, "test/")
         self.val_acc1_best = MaxMetric()
         self._configured = False
-        self._ema_step = 0
 
     @property
     def eval_net(self) -> nn.Module:
@@ -128,14 +127,12 @@ class CvTModule(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        self._ema_step = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step counts optimizer steps: with gradient accumulation not every batch steps
-        if self.ema is not None and self.trainer.global_step > self._ema_step:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # called once per optimizer step (not per accumulated batch), and before the callbacks'
+        # on_train_batch_end, where step checkpoints are written: they hold this step's EMA
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update_parameters(self.net)
-            self._ema_step = self.trainer.global_step
 
     def on_train_epoch_end(self) -> None:
         self.log_dict(self.train_metrics.compute(), sync_dist=False)
