@@ -154,6 +154,16 @@ def test_schedule_steps_per_optimizer_step_under_gradient_accumulation():
     assert record.lrs == pytest.approx([1e-4, (1e-4 + 0.1) / 2, 0.1, 0.05])
 
 
+def test_warmup_epochs_count_real_epochs_when_max_steps_ends_the_run():
+    # max_epochs=-1 (the fine-tuning recipes' setting): Lightning then skips loading the data
+    # to estimate the steps, yet warmup_epochs=1 is still one pass over the 4 batches
+    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}
+    module = tiny_module(scheduler=sched, optimizer={**SGD, "lr": 0.1})
+    record = RecordLR()
+    trainer(max_epochs=-1, max_steps=8, callbacks=[record]).fit(module, loader(n=32, batch=8))
+    assert record.lrs[:5] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
+
+
 # ---------------------------------------------------------------- accumulation
 
 def test_two_accumulated_half_batches_equal_one_full_batch_step():

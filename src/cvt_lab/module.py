@@ -57,7 +57,10 @@ def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Ten
 
 
 def steps_per_epoch(trainer: L.Trainer, total: int) -> int:
-    """Optimizer steps per epoch (after ``estimated_stepping_batches`` set up the data)."""
+    """Optimizer steps per epoch (after ``estimated_stepping_batches``, which sets up the data
+    unless max_epochs=-1 lets max_steps alone give the total: set it up then)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
     batches = trainer.num_training_batches
     if batches != float("inf"):
         return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
