@@ -118,13 +118,13 @@ def lrs(sched_cfg: dict, total: int, per_epoch: int, peak: float = 1e-3) -> list
 
 
 def test_warmup_cosine_at_start_warmup_end_midpoint_and_end():
-    # 2 warmup epochs of 10 steps from 1e-6, then cosine over 100 steps to 1e-5
-    v = lrs({"name": "cosine", "warmup_epochs": 2, "warmup_lr": 1e-6, "min_lr": 1e-5}, 120, 10)
+    # 121 steps: 2 warmup epochs of 10 steps from 1e-6, then cosine over 100 steps to 1e-5
+    v = lrs({"name": "cosine", "warmup_epochs": 2, "warmup_lr": 1e-6, "min_lr": 1e-5}, 121, 10)
     assert v[0] == pytest.approx(1e-6)
     assert v[10] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)  # linear half-way
     assert v[20] == pytest.approx(1e-3)                     # warmup end = peak
     assert v[70] == pytest.approx((1e-3 + 1e-5) / 2)        # cosine midpoint
-    assert v[120] == pytest.approx(1e-5)                    # min lr at the end
+    assert v[120] == pytest.approx(1e-5)                    # min lr at the last step (0-based 120)
     assert all(a >= b for a, b in zip(v[20:], v[21:]))      # decays monotonically
 
 
@@ -145,13 +145,15 @@ class RecordLR(L.Callback):
 
 
 def test_schedule_steps_per_optimizer_step_under_gradient_accumulation():
-    # 4 batches x 2 epochs with accumulation 2 = 4 optimizer steps; warmup = 1 epoch = 2 steps
-    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 0.0}
+    # 6 batches x 2 epochs with accumulation 2 = 6 optimizer steps; warmup = 1 epoch = 3 steps,
+    # then cosine from the peak to min_lr at the last step
+    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 1e-3}
     module = tiny_module(scheduler=sched, optimizer={**SGD, "lr": 0.1})
     record = RecordLR()
     trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[record]).fit(
-        module, loader(n=32, batch=8))
-    assert record.lrs == pytest.approx([1e-4, (1e-4 + 0.1) / 2, 0.1, 0.05])
+        module, loader(n=48, batch=8))
+    warm = [1e-4 + (0.1 - 1e-4) * s / 3 for s in range(3)]
+    assert record.lrs == pytest.approx([*warm, 0.1, (0.1 + 1e-3) / 2, 1e-3])
 
 
 def test_warmup_epochs_count_real_epochs_when_max_steps_ends_the_run():
