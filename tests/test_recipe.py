@@ -223,6 +223,19 @@ def test_train_acc1_counts_each_mixed_image_against_its_own_label():
     assert float(trn.callback_metrics["train/acc1"]) == 1.0
 
 
+def test_soft_target_loss_is_computed_in_fp32_under_bf16_mixed_on_cpu():
+    # CPU autocast runs log_softmax in bf16 (CUDA's in fp32), cross_entropy in fp32: one-hot
+    # soft targets must give the hard labels' loss, not a bf16-rounded one
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(16) % 10
+    losses = []
+    for targets in (labels, F.one_hot(labels, 10).float()):
+        trn = trainer(max_steps=1, precision="bf16-mixed")
+        trn.fit(tiny_module(), DataLoader(TensorDataset(images, targets, labels), batch_size=16))
+        losses.append(float(trn.callback_metrics["train/loss"]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):

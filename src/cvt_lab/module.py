@@ -52,10 +52,6 @@ def ema_copy(net: nn.Module, decay: float) -> AveragedModel:
     return ema.requires_grad_(False)
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
 def steps_per_epoch(trainer: L.Trainer, total: int) -> int:
     """Optimizer steps per epoch (after ``estimated_stepping_batches``, which sets up the data
     unless max_epochs=-1 lets max_steps alone give the total: set it up then)."""
@@ -122,10 +118,10 @@ class CvTModule(L.LightningModule):
         ddp = self.trainer.world_size > 1
         with rank_stream(self.global_rank, images.device) if ddp else nullcontext():
             logits = self.net(self._inputs(images))
-        if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already inside)
-            loss = soft_cross_entropy(logits, targets)
-        else:
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        # soft targets (Mixup/CutMix: class probabilities) carry the smoothing already;
+        # cross_entropy runs in fp32 under CPU autocast, where a bare log_softmax stays bf16
+        smoothing = 0.0 if targets.ndim == 2 else self.label_smoothing
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
