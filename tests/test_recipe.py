@@ -118,13 +118,13 @@ def lrs(sched_cfg: dict, total: int, per_epoch: int, peak: float = 1e-3) -> list
 
 
 def test_warmup_cosine_at_start_warmup_end_midpoint_and_end():
-    # 2 warmup epochs of 10 steps from 1e-6, then cosine over 100 steps to 1e-5
-    v = lrs({"name": "cosine", "warmup_epochs": 2, "warmup_lr": 1e-6, "min_lr": 1e-5}, 120, 10)
+    # 121 steps: 2 warmup epochs of 10 steps from 1e-6, then cosine over 100 steps to 1e-5
+    v = lrs({"name": "cosine", "warmup_epochs": 2, "warmup_lr": 1e-6, "min_lr": 1e-5}, 121, 10)
     assert v[0] == pytest.approx(1e-6)
     assert v[10] == pytest.approx(1e-6 + (1e-3 - 1e-6) / 2)  # linear half-way
     assert v[20] == pytest.approx(1e-3)                     # warmup end = peak
     assert v[70] == pytest.approx((1e-3 + 1e-5) / 2)        # cosine midpoint
-    assert v[120] == pytest.approx(1e-5)                    # min lr at the end
+    assert v[120] == pytest.approx(1e-5)                    # min lr at the last step (0-based 120)
     assert all(a >= b for a, b in zip(v[20:], v[21:]))      # decays monotonically
 
 
@@ -145,13 +145,25 @@ class RecordLR(L.Callback):
 
 
 def test_schedule_steps_per_optimizer_step_under_gradient_accumulation():
-    # 4 batches x 2 epochs with accumulation 2 = 4 optimizer steps; warmup = 1 epoch = 2 steps
-    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 0.0}
+    # 6 batches x 2 epochs with accumulation 2 = 6 optimizer steps; warmup = 1 epoch = 3 steps,
+    # then cosine from the peak to min_lr at the last step
+    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 1e-4, "min_lr": 1e-3}
     module = tiny_module(scheduler=sched, optimizer={**SGD, "lr": 0.1})
     record = RecordLR()
     trainer(max_epochs=2, accumulate_grad_batches=2, callbacks=[record]).fit(
-        module, loader(n=32, batch=8))
-    assert record.lrs == pytest.approx([1e-4, (1e-4 + 0.1) / 2, 0.1, 0.05])
+        module, loader(n=48, batch=8))
+    warm = [1e-4 + (0.1 - 1e-4) * s / 3 for s in range(3)]
+    assert record.lrs == pytest.approx([*warm, 0.1, (0.1 + 1e-3) / 2, 1e-3])
+
+
+def test_warmup_epochs_count_real_epochs_when_max_steps_ends_the_run():
+    # max_epochs=-1 (the fine-tuning recipes' setting): Lightning then skips loading the data
+    # to estimate the steps, yet warmup_epochs=1 is still one pass over the 4 batches
+    sched = {"name": "cosine", "warmup_epochs": 1, "warmup_lr": 0.0, "min_lr": 0.0}
+    module = tiny_module(scheduler=sched, optimizer={**SGD, "lr": 0.1})
+    record = RecordLR()
+    trainer(max_epochs=-1, max_steps=8, callbacks=[record]).fit(module, loader(n=32, batch=8))
+    assert record.lrs[:5] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
 
 
 # ---------------------------------------------------------------- accumulation
@@ -211,6 +223,19 @@ def test_train_acc1_counts_each_mixed_image_against_its_own_label():
     assert float(trn.callback_metrics["train/acc1"]) == 1.0
 
 
+def test_soft_target_loss_is_computed_in_fp32_under_bf16_mixed_on_cpu():
+    # CPU autocast runs log_softmax in bf16 (CUDA's in fp32), cross_entropy in fp32: one-hot
+    # soft targets must give the hard labels' loss, not a bf16-rounded one
+    images = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    labels = torch.arange(16) % 10
+    losses = []
+    for targets in (labels, F.one_hot(labels, 10).float()):
+        trn = trainer(max_steps=1, precision="bf16-mixed")
+        trn.fit(tiny_module(), DataLoader(TensorDataset(images, targets, labels), batch_size=16))
+        losses.append(float(trn.callback_metrics["train/loss"]))
+    assert losses[1] == pytest.approx(losses[0], rel=1e-5)
+
+
 # ---------------------------------------------------------------- EMA
 
 def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp_path):
@@ -238,6 +263,27 @@ def test_ema_tracks_each_optimizer_step_and_is_what_eval_and_checkpoints_use(tmp
     restored = CvTModule.load_from_checkpoint(path, weights_only=True).eval()
     with torch.no_grad():
         torch.testing.assert_close(restored(images), module.ema.module(images))
+
+
+def test_ema_in_a_mid_epoch_checkpoint_holds_every_step_and_resumes_exactly(tmp_path):
+    # step checkpoints are written in a callback's on_train_batch_end: the EMA must already
+    # hold that step, or the checkpoint lags one update and the resumed run never makes it up
+    def fit(ckpt_path=None, callbacks=()):
+        module = tiny_module(ema_decay=0.5, optimizer={**SGD, "lr": 0.5})
+        trainer(max_steps=4, enable_checkpointing=True, callbacks=list(callbacks)).fit(
+            module, loader(n=16, batch=8), ckpt_path=ckpt_path)
+        return module
+
+    saver = L.pytorch.callbacks.ModelCheckpoint(tmp_path, filename="{step}", save_top_k=-1,
+                                                every_n_train_steps=2)
+    whole = fit(callbacks=[saver])
+    path = tmp_path / "step=2.ckpt"
+    assert int(torch.load(path, weights_only=True)["state_dict"]["ema.n_averaged"]) == 2
+    resumed = fit(ckpt_path=path)
+    assert int(resumed.ema.n_averaged) == int(whole.ema.n_averaged) == 4
+    for (name, a), b in zip(whole.ema.module.state_dict().items(),
+                            resumed.ema.module.state_dict().values()):
+        torch.testing.assert_close(a, b, msg=name)
 
 
 # ---------------------------------------------------------------- DDP

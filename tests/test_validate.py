@@ -109,6 +109,7 @@ def test_class_names_must_match_num_classes(tmp_path):
     (["resume=auto", "ckpt_path=x.ckpt"], "give either resume=auto or ckpt_path=<file.ckpt>, not both"),
     (["resume=yes"], "resume='yes': use resume=auto"),
     (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 without trainer.max_steps trains without end"),
 ])
 def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     with pytest.raises(ConfigError) as err:

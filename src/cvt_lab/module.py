@@ -52,12 +52,11 @@ def ema_copy(net: nn.Module, decay: float) -> AveragedModel:
     return ema.requires_grad_(False)
 
 
-def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    return torch.sum(-targets * F.log_softmax(logits, dim=-1), dim=-1).mean()
-
-
 def steps_per_epoch(trainer: L.Trainer, total: int) -> int:
-    """Optimizer steps per epoch (after ``estimated_stepping_batches`` set up the data)."""
+    """Optimizer steps per epoch (after ``estimated_stepping_batches``, which sets up the data
+    unless max_epochs=-1 lets max_steps alone give the total: set it up then)."""
+    if trainer.train_dataloader is None:
+        trainer.fit_loop.setup_data()
     batches = trainer.num_training_batches
     if batches != float("inf"):
         return max(1, -(-int(batches) // trainer.accumulate_grad_batches))
@@ -94,7 +93,6 @@ class CvTModule(L.LightningModule):
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc1_best = MaxMetric()
         self._configured = False
-        self._ema_step = 0
 
     @property
     def eval_net(self) -> nn.Module:
@@ -127,22 +125,20 @@ class CvTModule(L.LightningModule):
         ddp = self.trainer.world_size > 1
         with rank_stream(self.global_rank, images.device) if ddp else nullcontext():
             logits = self.net(self._inputs(images))
-        if targets.ndim == 2:  # soft targets from mixup/cutmix (smoothing already inside)
-            loss = soft_cross_entropy(logits, targets)
-        else:
-            loss = F.cross_entropy(logits, targets, label_smoothing=self.label_smoothing)
+        # soft targets (Mixup/CutMix: class probabilities) carry the smoothing already;
+        # cross_entropy runs in fp32 under CPU autocast, where a bare log_softmax stays bf16
+        smoothing = 0.0 if targets.ndim == 2 else self.label_smoothing
+        loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
         return loss
 
-    def on_train_start(self) -> None:
-        self._ema_step = self.trainer.global_step
-
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # global_step counts optimizer steps: with gradient accumulation not every batch steps
-        if self.ema is not None and self.trainer.global_step > self._ema_step:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # called once per optimizer step (not per accumulated batch), and before the callbacks'
+        # on_train_batch_end, where step checkpoints are written: they hold this step's EMA
+        super().optimizer_step(*args, **kwargs)
+        if self.ema is not None:
             self.ema.update_parameters(self.net)
-            self._ema_step = self.trainer.global_step
 
     def on_train_epoch_end(self) -> None:  # (sync_dist: see on_validation_epoch_end)
         self.log_dict(self.train_metrics.compute(), sync_dist=True)

@@ -76,8 +76,9 @@ def lr_factor(step: int, total: int, warmup: int, start: float, end: float, kind
               milestones: list[int] | None = None, gamma: float = 0.1) -> float:
     """Multiplier of the peak lr at optimizer ``step`` (0-based).
 
-    warmup: linear from ``start`` to 1 over ``warmup`` steps; then ``cosine`` to ``end``,
-    ``constant``, or ``step`` (times ``gamma`` at each milestone step).
+    warmup: linear from ``start`` to 1 over ``warmup`` steps; then ``cosine`` to ``end`` at
+    the last step (``total - 1``), ``constant``, or ``step`` (times ``gamma`` at each
+    milestone step).
     """
     if step < warmup:
         return start + (1.0 - start) * step / warmup
@@ -85,7 +86,7 @@ def lr_factor(step: int, total: int, warmup: int, start: float, end: float, kind
         return 1.0
     if kind == "step":
         return gamma ** sum(step >= m for m in (milestones or []))
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    progress = min(1.0, (step - warmup) / max(1, total - 1 - warmup))
     return end + (1.0 - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 

@@ -182,6 +182,12 @@ def _check_run_mode(cfg: DictConfig) -> None:
     if not cfg.train and not cfg.get("test", True):
         raise ConfigError("train=false test=false would run nothing: set test=true to evaluate "
                           "ckpt_path, or train=true to train")
+    trainer = cfg.get("trainer") or {}
+    if (cfg.train and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
+            and not trainer.get("fast_dev_run")):
+        raise ConfigError("trainer.max_epochs=-1 without trainer.max_steps trains without end, but "
+                          "the lr schedule is laid out over the run's length: set "
+                          "trainer.max_steps=<optimizer steps> or trainer.max_epochs=<epochs>")
 
 
 def _check_model(cfg: DictConfig) -> None:
