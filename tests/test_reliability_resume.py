@@ -129,7 +129,8 @@ def test_a_resume_of_the_same_length_says_nothing_about_the_schedule(one_epoch, 
     first, _ = one_epoch
     ckpt = torch.load(first / "checkpoints/last.ckpt", weights_only=True)
     length = ckpt[LENGTH_KEY]
-    assert length == {"trainer.max_epochs": 1, "trainer.max_steps": -1}
+    assert length == {"trainer.max_epochs": 1, "trainer.max_steps": -1,
+                      "trainer.limit_train_batches": 3}
     warn_length_change(ckpt, "last.ckpt", length)
     assert not [w for w in recwarn if "lr schedule" in str(w.message)]
     with pytest.warns(UserWarning, match=re.escape("trainer.max_steps=-1 (this run: 50)")):

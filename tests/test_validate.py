@@ -29,6 +29,8 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("optimizer.lr=nan", "optimizer.lr=nan (float) must be a number > 0"),
     ("augment.label_smoothing=1.5", "augment.label_smoothing=1.5 (float) must be a number in [0, 1)"),
     ("seed=1.5", "seed=1.5 (float) must be an integer"),
+    ("data.num_classes=1",  # passed, then failed inside torchmetrics
+     "data.num_classes=1 (int) must be an integer >= 2 (or null with data=folder: one class per folder)"),
     ("optimizer.name=adam", "optimizer.name='adam' (str) must be adamw or sgd"),
     ("scheduler.name=linear", "scheduler.name='linear' (str) must be cosine, constant or step"),
     ("trainer.gradient_clip_val=-1",

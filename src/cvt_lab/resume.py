@@ -78,13 +78,15 @@ def batch_split(cfg: DictConfig) -> dict[str, int]:
             "trainer.accumulate_grad_batches": int(cfg.trainer.get("accumulate_grad_batches") or 1)}
 
 
-def run_length(cfg: DictConfig) -> dict[str, int]:
+def run_length(cfg: DictConfig) -> dict[str, float]:
     """The settings the lr schedule's length comes from."""
+    limit = cfg.trainer.get("limit_train_batches")  # a fraction or a count of batches
     return {"trainer.max_epochs": int(cfg.trainer.get("max_epochs") or -1),
-            "trainer.max_steps": int(cfg.trainer.get("max_steps") or -1)}
+            "trainer.max_steps": int(cfg.trainer.get("max_steps") or -1),
+            "trainer.limit_train_batches": 1.0 if limit is None else limit}
 
 
-def run_shape(cfg: DictConfig) -> dict[str, dict[str, int]]:
+def run_shape(cfg: DictConfig) -> dict[str, dict[str, float]]:
     """What every checkpoint records for the checks of a later resume."""
     return {BATCH_KEY: batch_split(cfg), LENGTH_KEY: run_length(cfg)}
 
