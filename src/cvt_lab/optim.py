@@ -10,12 +10,13 @@ schedule multiplies every group's lr by the same factor.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any
 
 import torch
 from torch import nn
 
-from .validate import OPTIMIZERS, SCHEDULES, ConfigError, one_of
+from .validate import OPTIMIZERS, SCHEDULES, one_of
 
 
 def effective_lr(cfg: dict[str, Any], lr_key: str = "lr") -> float:
@@ -100,12 +101,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_c
         warmup = round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     start = cfg.get("warmup_lr", 0.0) / peak
     end = cfg.get("min_lr", 0.0) / peak
-    if cfg["name"] == "cosine" and end > 1.0:
-        raise ConfigError(
+    if cfg["name"] == "cosine" and end > 1.0:  # a small batch scales the peak below min_lr
+        warnings.warn(
             f"scheduler.min_lr={cfg['min_lr']} is above the peak lr {peak:.3g} (optimizer.lr="
             f"{opt_cfg['lr']} scaled to the global batch {opt_cfg['batch_size']} per ref_batch="
-            f"{opt_cfg.get('ref_batch')}): the cosine would rise. Lower scheduler.min_lr or "
-            "raise optimizer.lr")
+            f"{opt_cfg.get('ref_batch')}): the cosine rises instead of decaying. Lower "
+            "scheduler.min_lr or raise optimizer.lr", stacklevel=2)
     milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]
     kind = cfg["name"]
     if kind not in SCHEDULES:
