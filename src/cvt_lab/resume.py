@@ -91,16 +91,21 @@ def run_shape(cfg: DictConfig) -> dict[str, dict[str, float]]:
     return {BATCH_KEY: batch_split(cfg), LENGTH_KEY: run_length(cfg)}
 
 
+def _changed(ckpt: dict[str, Any] | None, key: str, now: dict[str, float], this: str) -> str:
+    """The settings recorded under ``key`` that differ now, as 'k=saved (<this>: now)'; empty
+    when none do (or the checkpoint predates the record)."""
+    saved = (ckpt or {}).get(key) or {}
+    return ", ".join(f"{k}={v} ({this}: {now[k]})" for k, v in saved.items() if now.get(k) != v)
+
+
 def warn_length_change(ckpt: dict[str, Any] | None, ckpt_path: str | None,
-                       length: dict[str, int]) -> None:
+                       length: dict[str, float]) -> None:
     """Say so when a resumed run is longer or shorter than the one it continues: a legitimate
     way to train on, but the lr schedule is re-computed for the new length, so the lr jumps
     (extending a finished cosine starts it again from mid-height)."""
-    saved = (ckpt or {}).get(LENGTH_KEY) or {}
-    diffs = [f"{k}={v} (this run: {length[k]})" for k, v in saved.items() if length.get(k) != v]
-    if diffs:
+    if diffs := _changed(ckpt, LENGTH_KEY, length, "this run"):
         rank_zero_warn(
-            f"ckpt_path={ckpt_path} was trained with {', '.join(diffs)}: the lr schedule is "
+            f"ckpt_path={ckpt_path} was trained with {diffs}: the lr schedule is "
             "re-computed for this run's length, so the lr continues from another point of it "
             "(a finished cosine starts again part-way up). To continue the original schedule, "
             "resume with its values.")
@@ -111,13 +116,9 @@ def check_batch_split(ckpt: dict[str, Any] | None, ckpt_path: str | None,
     """Refuse to resume with another batch split: the loader would skip the wrong samples
     (its position is in batches) and the restored lr schedule would sit at another point of
     a schedule re-computed for other steps per epoch, all without a word."""
-    if not ckpt:
-        return
-    saved = ckpt.get(BATCH_KEY) or {}
-    diffs = [f"{k}={v} (this config: {split[k]})" for k, v in saved.items() if split.get(k) != v]
-    if diffs:
+    if diffs := _changed(ckpt, BATCH_KEY, split, "this config"):
         raise ConfigError(
-            f"ckpt_path={ckpt_path} was trained with {', '.join(diffs)}: resuming would change the "
+            f"ckpt_path={ckpt_path} was trained with {diffs}: resuming would change the "
             "images per optimizer step, the samples skipped in the interrupted epoch and the lr "
             "schedule. Resume with its values, or start a new run from its weights with "
             "model.pretrained=<file>")

@@ -106,5 +106,5 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
 
 
-__all__ = ["run_job", "objective", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage", "METRICS_FILE",
-           "FAILED_FILE", "CSV_LOG"]
+__all__ = ["run_job", "objective", "is_multirun", "name_wandb_run", "wandb_group", "sqlite_storage",
+           "METRICS_FILE", "FAILED_FILE", "CSV_LOG"]

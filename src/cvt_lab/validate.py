@@ -98,8 +98,8 @@ _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "seed": (_is_int, "an integer"),
-    "train": (lambda v: isinstance(v, bool), "true or false"),
-    "test": (lambda v: isinstance(v, bool), "true or false"),
+    "train": (_is_bool, "true or false"),
+    "test": (_is_bool, "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
     "data.image_size": (lambda v: _is_int(v) and v > 0, "an integer > 0 (pixels)"),
     "data.num_classes": (lambda v: v is None or (_is_int(v) and v > 1),
