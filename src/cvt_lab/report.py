@@ -93,10 +93,10 @@ def _model_cost(model_json: str, num_classes: int, img_size: int) -> tuple[int, 
 def checkpoint_classes(job_dir: Path) -> int | None:
     """The class count a job trained with, from its checkpoint: data=folder leaves
     data.num_classes null in the config (one class per folder, counted when the data is read)."""
-    import torch
+    from .validate import read_checkpoint
 
     for path in sorted((job_dir / "checkpoints").glob("*.ckpt")):
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        ckpt = read_checkpoint(path)
         return ckpt.get("hyper_parameters", {}).get("num_classes")
     return None
 

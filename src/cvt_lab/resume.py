@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import random
-import zipfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,7 +22,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, DistributedSampler
 
-from .validate import ConfigError, check_checkpoint
+from .validate import ConfigError, check_checkpoint, read_checkpoint
 
 WANDB_ID_KEY = "wandb_run_id"  # top-level key of our checkpoints
 BATCH_KEY = "batch_split"  # top-level key: what one optimizer step trained on
@@ -68,8 +67,7 @@ def read_resume_state(ckpt_path: str | None) -> dict[str, Any] | None:
     and the W&B id that come before training; Lightning reads it again for the weights."""
     if not ckpt_path:
         return None
-    return torch.load(ckpt_path, map_location="cpu", weights_only=True,
-                      mmap=zipfile.is_zipfile(ckpt_path))
+    return read_checkpoint(ckpt_path)
 
 
 def batch_split(cfg: DictConfig) -> dict[str, int]:

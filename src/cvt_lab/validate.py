@@ -285,6 +285,15 @@ def _check_unknown_keys(cfg: DictConfig, conf: Path) -> None:
 # ------------------------------------------------------------------------ checkpoints
 
 
+def read_checkpoint(path: str | Path) -> Any:
+    """A checkpoint opened the way training opens it: tensors and plain values only
+    (``weights_only=True``: a pickle carrying code is refused unrun), memory-mapped when it
+    is a zip, so a multi-GB file is paged in only where it is read."""
+    import torch
+
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+
+
 def check_checkpoint(path: str | None) -> None:
     """Fail fast, before anything is written, on a ckpt_path that cannot be used.
 
@@ -295,14 +304,12 @@ def check_checkpoint(path: str | None) -> None:
         return
     import pickle
 
-    import torch
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"ckpt_path={path}: no such file (give the path to a .ckpt file, "
                           f"e.g. logs/<task_name>/runs/<time>/checkpoints/last.ckpt)")
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
+        ckpt = read_checkpoint(p)
     except pickle.UnpicklingError as err:
         if "Weights only load failed" not in str(err):
             raise ConfigError(f"ckpt_path={path}: not a PyTorch checkpoint ({err})") from err
