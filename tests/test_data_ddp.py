@@ -98,3 +98,36 @@ def test_ddp_eval_loss_equals_one_process_loss_when_ranks_see_unequal_counts(tmp
         module, datamodule=SevenImages(cfg, {}), verbose=False)
     assert two["test/acc1"] == one["test/acc1"]
     assert two["test/loss"] == pytest.approx(one["test/loss"], rel=1e-6)
+
+
+class RecordsItsLosses(CvTModule):
+    """Writes each rank's per-step training losses to <loss_dir>/rank<r>.txt."""
+
+    def training_step(self, batch, batch_idx):
+        loss = super().training_step(batch, batch_idx)
+        with open(self.loss_dir / f"rank{self.global_rank}.txt", "a") as f:
+            f.write(f"{loss.item()!r}\n")
+        return loss
+
+
+@pytest.mark.slow
+def test_ddp_epoch_train_loss_is_the_mean_over_every_ranks_batches(tmp_path):
+    # train/loss is rank 0's per-step value; train/loss_epoch must average both ranks' steps
+    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 32,
+           "batch_size": 2, "num_workers": 0}
+    torch.manual_seed(0)
+    module = RecordsItsLosses(model={"name": "cvt_tiny"}, optimizer={"name": "sgd", "lr": 0.05, "ref_batch": None,
+                                                                  "batch_size": 2},
+                              scheduler={"name": "constant", "warmup_epochs": 0}, num_classes=2)
+    module.loss_dir = tmp_path  # pickled with the module into the spawned ranks
+    trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=1,
+                        limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        default_root_dir=tmp_path)
+    trainer.fit(module, datamodule=SevenImages(cfg, {}))
+    per_rank = [[float(v) for v in (tmp_path / f"rank{r}.txt").read_text().split()] for r in (0, 1)]
+    assert all(len(losses) >= 1 for losses in per_rank)
+    every_step = per_rank[0] + per_rank[1]
+    assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(
+        sum(every_step) / len(every_step), rel=1e-5)
+    assert sum(per_rank[0]) / len(per_rank[0]) != pytest.approx(sum(every_step) / len(every_step))

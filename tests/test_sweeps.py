@@ -56,6 +56,7 @@ def test_multirun_gives_each_job_its_dir_and_the_report_one_row_each(lr_sweep, t
         metrics = json.loads((lr_sweep / job / "metrics.json").read_text())
         assert row[col["best val top-1 %"]] == pytest.approx(100 * metrics["val/acc1_best"])
         assert row[col["test top-1 %"]] == pytest.approx(100 * metrics["test/acc1"])
+        assert row[col["last epoch train loss"]] == pytest.approx(metrics["train/loss_epoch"])
         assert row[col["train img/s"]] > 0
         assert row[col["params"]] == 566_218  # cvt_tiny, 10 classes
         assert (row[col["MACs (M)"]] > 0) if HAS_MACS else row[col["MACs (M)"]] is None

@@ -90,6 +90,9 @@ class CvTModule(L.LightningModule):
         # per-sample losses: with nan_strategy="disable" (a NaN loss stays NaN; the default
         # drops it with a warning) MeanMetric ignores its weight argument
         self.val_loss = MeanMetric(nan_strategy="disable")
+        # the epoch's mean training loss over every rank's batches (train/loss is each step's
+        # value on rank 0 alone, as Lightning logs it without a collective per step)
+        self.train_loss = MeanMetric(nan_strategy="disable")
         self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc1_best = MaxMetric()
         self._configured = False
@@ -131,6 +134,7 @@ class CvTModule(L.LightningModule):
         loss = F.cross_entropy(logits, targets, label_smoothing=smoothing)
         self.train_metrics.update(logits.detach(), labels)
         self.log("train/loss", loss, prog_bar=True)
+        self.train_loss.update(loss.detach())
         return loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
@@ -141,8 +145,10 @@ class CvTModule(L.LightningModule):
             self.ema.update_parameters(self.net)
 
     def on_train_epoch_end(self) -> None:  # (sync_dist: see on_validation_epoch_end)
-        self.log_dict(self.train_metrics.compute(), sync_dist=True)
+        self.log_dict({**self.train_metrics.compute(), "train/loss_epoch": self.train_loss.compute()},
+                      sync_dist=True)
         self.train_metrics.reset()
+        self.train_loss.reset()
 
     def _eval_step(self, batch: Any, metrics: MetricCollection, loss_mean: MeanMetric) -> None:
         images, _, labels = batch
