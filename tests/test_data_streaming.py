@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader
 from cvt_lab.data import ImageDataModule, load_splits
 from cvt_lab.data.datamodule import SampleDecoder
 from cvt_lab.data.errors import DataSourceError
-from cvt_lab.data.streaming import StreamingImages, split_stream
+from cvt_lab.data.streaming import StreamingImages, StreamingLoader, split_stream
 from cvt_lab.data.transforms import EvalTransform
 from data_helpers import imagenet_like, make_folder, save_parquet
 
@@ -89,8 +89,37 @@ def test_stream_workers_read_every_row_in_every_epoch():
     # different epochs and split them inconsistently: epoch 2 read rows 0-4 twice, 10-14 never
     stream = split_stream(Dataset.from_dict({"x": list(range(20))}).to_iterable_dataset(num_shards=4),
                           0, 1, True, buffer=1)
-    rows = StreamingImages(stream, lambda row: row["x"], length=22, batch_size=2)  # quotas 12 and 10
+    rows = StreamingImages(stream, lambda row, rng: row["x"], length=22, batch_size=2)  # quotas 12 and 10
     loader = DataLoader(rows, batch_size=2, num_workers=2, persistent_workers=True, drop_last=True)
     for _ in range(3):
         seen = [int(x) for batch in loader for x in batch]
         assert len(seen) == 22 and set(seen) == set(range(20))
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_a_stream_resumed_mid_epoch_continues_in_the_uninterrupted_order(workers):
+    # the stream restarted from its first epoch's shuffle, re-trained the batches already
+    # done and counted epochs from 1 again; the random crops followed the workers' seeds, not
+    # the samples; with workers the DataLoader also restarts its turns at worker 0 while the
+    # next batch may be another worker's. A sample here: its row + its crop RNG's first draw
+    def loader() -> StreamingLoader:
+        rows = Dataset.from_dict({"x": list(range(30))}).to_iterable_dataset(num_shards=6)
+        stream = StreamingImages(split_stream(rows, 0, 1, True, buffer=4),
+                                 lambda row, rng: row["x"] + rng.random(), length=28, batch_size=2)
+        return StreamingLoader(stream, batch_size=2, num_workers=workers, drop_last=True,
+                               persistent_workers=workers > 0)
+
+    straight = loader()
+    epochs = [[b.tolist() for b in straight] for _ in range(3)]
+    assert all(len(e) == len(straight) == 14 for e in epochs) and epochs[1] != epochs[2]
+    interrupted = loader()
+    list(interrupted)  # epoch 0
+    batches = iter(interrupted)
+    assert [next(batches).tolist() for _ in range(5)] == epochs[1][:5]
+    state = interrupted.state_dict()
+    assert (state["epoch"], state["batches"]) == (1, 5)
+
+    resumed = loader()
+    resumed.load_state_dict(state)
+    assert [b.tolist() for b in resumed] == epochs[1][5:]
+    assert [b.tolist() for b in resumed] == epochs[2]  # and on into the next epoch's shuffle

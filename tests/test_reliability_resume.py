@@ -18,6 +18,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose_config, dead_pid, run_cli
+from data_helpers import imagenet_like
 from cvt_lab.data import ImageDataModule
 from cvt_lab.module import BEST_KEY, CvTModule
 from cvt_lab.resume import (LENGTH_KEY, ResumableLoader, ResumableSampler,
@@ -51,10 +52,21 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def streamed(tmp_path: Path) -> list[str]:
+    """A local copy read as a stream (24 rows, 24 shards) by 2 workers: 3 batches of 8."""
+    imagenet_like(n_train=24, n_val=8).save_to_disk(str(tmp_path / "inet"))
+    return ["data=imagenet", f"data.path={tmp_path / 'inet'}", "data.streaming=true",
+            "data.train_examples=24", "data.image_size=32", "data.num_workers=2"]
+
+
 @pytest.mark.slow
-def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path):
+@pytest.mark.parametrize("data", ["map-style", "streaming"])
+def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path, data):
+    # streaming: the resumed epoch must re-shuffle as epoch 2 did, pass over its first batch,
+    # and take the rest in order although its first batch came from worker 0 of 2
     common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "task_name=kill9",
-              f"paths.log_dir={tmp_path}/logs", "callbacks.step_checkpoint.every_n_train_steps=2"]
+              f"paths.log_dir={tmp_path}/logs", "callbacks.step_checkpoint.every_n_train_steps=2",
+              *(streamed(tmp_path) if data == "streaming" else [])]
     # killed after step 5 of 6: the newest checkpoint is step 4, one batch into epoch 2
     killed = run_cli(*common, f"hydra.run.dir={tmp_path}/logs/kill9/runs/1_killed",
                      "+callbacks.kill._target_=test_reliability_resume.SignalAt",

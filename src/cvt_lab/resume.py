@@ -189,27 +189,38 @@ class ResumableLoader(DataLoader):
         if self._rng_to_restore is not None:
             set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
-        sampler = self.sampler
-        if not isinstance(sampler, ResumableSampler):  # replaced (e.g. by overfit_batches)
+        if not self._resumable():  # the sampler was replaced (e.g. by overfit_batches)
             yield from super().__iter__()
             return
-        pending = sampler._skip
-        start = pending[1] // self.batch_size if pending and pending[0] == sampler.epoch else 0
-        epoch = sampler.epoch
-        for served, batch in enumerate(super().__iter__(), start=start + 1):
+        epoch, done = self._start_pass()
+        for served, batch in enumerate(self._batches(done), start=done + 1):
             self._position = (epoch, served)
             yield batch
 
+    def _resumable(self) -> bool:
+        return isinstance(self.sampler, ResumableSampler)
+
+    def _start_pass(self) -> tuple[int, int]:
+        """(epoch, batches of it already trained on) of the pass that starts now."""
+        pending, epoch = self.sampler._skip, self.sampler.epoch
+        return epoch, pending[1] // self.batch_size if pending and pending[0] == epoch else 0
+
+    def _batches(self, done: int) -> Iterator[Any]:
+        return DataLoader.__iter__(self)  # the sampler already leaves out the first ``done``
+
+    def _seek(self, epoch: int, batches: int) -> None:
+        self.sampler.skip(epoch, batches * self.batch_size)
+
     def state_dict(self) -> dict[str, Any]:
-        if not isinstance(self.sampler, ResumableSampler):
+        if not self._resumable():
             return {}
         epoch, served = self._position
         return {"epoch": epoch, "batches": served, "rng": rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if not state or not isinstance(self.sampler, ResumableSampler):
+        if not state or not self._resumable():
             return
-        self.sampler.skip(state["epoch"], state["batches"] * self.batch_size)
+        self._seek(state["epoch"], state["batches"])
         self._rng_to_restore = state["rng"]
 
 

@@ -18,7 +18,7 @@ from .device_augment import DeviceAugment
 from .errors import DataSourceError
 from .folder import folder_classes
 from .sources import class_names, load_splits
-from .streaming import StreamingImages, split_stream
+from .streaming import StreamingImages, StreamingLoader, split_stream
 from .transforms import EvalTransform, TrainTransform
 
 log = logging.getLogger(__name__)
@@ -185,9 +185,14 @@ class ImageDataModule(L.LightningDataModule):
                                   self.cfg.get("shuffle_buffer", 10_000), self.seed)
             workers = min(workers, stream.n_shards)  # a worker without a shard would idle
             length = self._stream_length(split, world) if train else None
-            dataset = StreamingImages(stream, decoder, length, batch)
-            return DataLoader(dataset, drop_last=train, num_workers=workers,
-                              persistent_workers=workers > 0, **common)
+            # per-rank crop seeds, as the ranks' augmentation streams are (DeviceAugment)
+            dataset = StreamingImages(stream, decoder, length, batch, seed=f"{self.seed}:{rank}")
+            options = dict(drop_last=train, num_workers=workers, persistent_workers=workers > 0,
+                           **common)
+            if not train:
+                return DataLoader(dataset, **options)
+            epoch_of = (lambda: self.trainer.current_epoch) if self.trainer else None
+            return StreamingLoader(dataset, epoch_of=epoch_of, **options)
         dataset = ImageDataset(self.splits[split], decoder, self.seed)
         options = dict(num_workers=workers, persistent_workers=workers > 0, **common)
         if train:

@@ -4,16 +4,22 @@ Each rank reads its own part of the stream (``split_dataset_by_node``: whole sha
 their count divides by the world size), and ``datasets`` spreads a rank's shards over its
 DataLoader workers. Training yields exactly ``length // batch_size`` whole batches per rank
 and epoch (a rank whose part is short starts it again), so every rank takes the same number
-of steps, and that number is ``len(loader)``.
+of steps, and that number is ``len(loader)``. A run resumed mid-epoch continues the same
+epoch's shuffle after the batches it had trained on, in the uninterrupted order
+(:class:`StreamingLoader`).
 """
 
 from __future__ import annotations
 
-from typing import Any
+import random
+from itertools import islice, zip_longest
+from typing import Any, Callable, Iterator
 
 import torch
 from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
+
+from ..resume import ResumableLoader
 
 
 def split_stream(stream: IterableDataset, rank: int, world: int, shuffle: bool,
@@ -29,14 +35,19 @@ class StreamingImages(torch.utils.data.IterableDataset):
 
     With a ``length``, the workers share ``length // batch_size`` whole batches: each DataLoader
     worker batches its own samples and drop_last drops each worker's partial batch, so quotas
-    that were not multiples of the batch would yield fewer batches than ``len(loader)``.
+    that were not multiples of the batch would yield fewer batches than ``len(loader)``. Worker
+    ``w`` of ``W`` makes batches ``w, w + W, ...`` of the pass: the DataLoader takes them in turn.
+    Each training sample's random crop and flip come from an RNG seeded by (``seed``, epoch,
+    worker, place in the worker's part): the same again when the epoch is resumed.
     """
 
     def __init__(self, stream: IterableDataset, decoder: Any, length: int | None = None,
-                 batch_size: int = 1) -> None:
+                 batch_size: int = 1, seed: int | str = 0) -> None:
         self.stream, self.decoder, self.length = stream, decoder, length
-        self.batch_size = batch_size
-        self.epoch = 0
+        self.batch_size, self.seed = batch_size, seed
+        # (epoch, batches of it already trained on) of the pass about to start, set by the
+        # loader; in shared memory because persistent workers hold copies of this object
+        self.position = torch.zeros(2, dtype=torch.long).share_memory_()
 
     def __len__(self) -> int:
         if self.length is None:
@@ -44,25 +55,81 @@ class StreamingImages(torch.utils.data.IterableDataset):
         return self.length
 
     def __iter__(self):
-        info = torch.utils.data.get_worker_info()
-        workers, worker = (info.num_workers, info.id) if info else (1, 0)
         if self.length is None:
             yield from map(self.decoder, self.stream)
             return
-        batches, rest = divmod(self.length // self.batch_size, workers)
-        quota = (batches + (worker < rest)) * self.batch_size
-        produced = 0
-        # a new shuffle of shards and buffer every epoch, the same in every worker: the workers
-        # split the shuffled shards between them, so differing epochs would overlap their parts.
-        # A worker short of its quota re-reads its own part (as shuffled this epoch).
-        self.epoch += 1
-        self.stream.set_epoch(self.epoch)
-        while produced < quota:
-            before = produced
+        info = torch.utils.data.get_worker_info()
+        workers, worker = (info.num_workers, info.id) if info else (1, 0)
+        epoch, done = self.position.tolist()
+        batches = self.length // self.batch_size
+        # every worker shuffles shards and buffer by the same epoch: the workers split the
+        # shuffled shards between them, so differing epochs would overlap their parts. Rows of
+        # batches already trained on are read (the stream has no random access), not decoded.
+        self.stream.set_epoch(epoch)
+        first = len(range(worker, done, workers)) * self.batch_size
+        quota = len(range(worker, batches, workers)) * self.batch_size
+        for place, row in enumerate(islice(self._rows(), first, quota), start=first):
+            yield self.decoder(row, random.Random(f"{self.seed}:{epoch}:{worker}:{place}"))
+
+    def _rows(self) -> Iterator[Any]:
+        """This worker's part of the stream, read again from its start while more is wanted
+        (a rank whose part is shorter than its quota); nothing if the part is empty."""
+        while True:
+            empty = True
             for row in self.stream:
-                if produced == quota:
-                    return
-                yield self.decoder(row)
-                produced += 1
-            if produced == before:  # this worker got no rows: stop rather than spin
+                empty = False
+                yield row
+            if empty:
                 return
+
+
+class StreamingLoader(ResumableLoader):
+    """The training stream's loader, checkpointed as :class:`ResumableLoader` is.
+
+    The epoch comes from ``epoch_of`` (the trainer's), else passes are counted (from the
+    resumed epoch after :meth:`load_state_dict`). On resume the
+    workers pass over the batches already trained on; as the DataLoader restarts its turns at
+    worker 0 rather than at the worker that holds the next batch, up to ``num_workers - 1``
+    batches wait here so the pass continues in the uninterrupted order.
+    """
+
+    def __init__(self, dataset: StreamingImages, *args: Any,
+                 epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+        super().__init__(dataset, *args, **kwargs)
+        self.epoch_of = epoch_of
+        self._next_epoch = 0  # without epoch_of
+        self._resume_at: tuple[int, int] | None = None
+
+    def _resumable(self) -> bool:
+        return True
+
+    def _start_pass(self) -> tuple[int, int]:
+        epoch = self.epoch_of() if self.epoch_of is not None else self._next_epoch
+        self._next_epoch = epoch + 1
+        done = self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
+        self._resume_at = None
+        self.dataset.position.copy_(torch.tensor([epoch, done]))
+        return epoch, done
+
+    def _batches(self, done: int) -> Iterator[Any]:
+        batches = super()._batches(done)
+        workers = max(self.num_workers, 1)
+        if done % workers == 0:  # worker 0 holds the next batch: the order is the usual one
+            return batches
+        return _in_pass_order(batches, done, len(self), workers)
+
+    def _seek(self, epoch: int, batches: int) -> None:
+        self._resume_at, self._next_epoch = (epoch, batches), epoch
+
+
+def _in_pass_order(batches: Iterator[Any], done: int, total: int, workers: int) -> Iterator[Any]:
+    """Batches ``done, ..., total - 1`` of a pass, which arrive from the workers in turn from
+    worker 0 (each worker ``w`` holding those ``= w mod workers``; finished workers skipped)."""
+    lanes = [range(done + (w - done) % workers, total, workers) for w in range(workers)]
+    arrival = (j for turn in zip_longest(*lanes) for j in turn if j is not None)
+    waiting, due = {}, done
+    for index, batch in zip(arrival, batches):
+        waiting[index] = batch
+        while due in waiting:
+            yield waiting.pop(due)
+            due += 1
