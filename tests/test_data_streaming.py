@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from datasets import Dataset, Value
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -12,6 +13,7 @@ from cvt_lab.data.datamodule import SampleDecoder
 from cvt_lab.data.errors import DataSourceError
 from cvt_lab.data.streaming import StreamingImages, StreamingLoader, split_stream
 from cvt_lab.data.transforms import EvalTransform
+from conftest import run_cli
 from data_helpers import imagenet_like, make_folder, save_parquet
 
 
@@ -123,3 +125,19 @@ def test_a_stream_resumed_mid_epoch_continues_in_the_uninterrupted_order(workers
     resumed.load_state_dict(state)
     assert [b.tolist() for b in resumed] == epochs[1][5:]
     assert [b.tolist() for b in resumed] == epochs[2]  # and on into the next epoch's shuffle
+
+
+@pytest.mark.slow
+def test_a_ddp_stream_trains_every_rank_in_lockstep_over_epochs(tmp_path):
+    # 2 processes x 2 workers: each rank's StreamingLoader takes the epoch from its trainer
+    imagenet_like(n_train=24, n_val=4).save_to_disk(str(tmp_path / "inet"))
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer=ddp_cpu", "data=imagenet", f"data.path={tmp_path / 'inet'}",
+                   "data.streaming=true", "data.train_examples=24", "data.image_size=32",
+                   "data.batch_size=8", "data.num_workers=2", "trainer.max_epochs=2", "test=false",
+                   "logger=csv", f"hydra.run.dir={run_dir}")
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6)  # 24 / 2 ranks / 4 per rank: 3 a epoch
+    loader = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
+    assert (loader["epoch"], loader["batches"]) == (1, 3)
