@@ -119,11 +119,21 @@ def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     assert str(err.value).startswith(message)
 
 
-def test_a_384_px_preset_at_another_resolution_is_flagged(tmp_path, caplog):
+def test_a_384_px_preset_at_another_resolution_or_with_a_crop_is_flagged(tmp_path, caplog):
     validate(cfg_for(tmp_path, "model=cvt13_384"))  # data=embedded: 32 px
-    assert "model=cvt13_384 is the 384 px preset but data.image_size=32" in caplog.text
+    assert ("model=cvt13_384 is the 384 px preset (its weights were fine-tuned at 384 px and are "
+            "evaluated on images resized to 384 x 384, no crop) but data.image_size=32, data.eval_warp=false: "
+            "set data.image_size=384 data.eval_warp=true") in caplog.text
     caplog.clear()
-    validate(cfg_for(tmp_path, "model=cvt13_384", "data.image_size=384"))
+    # ImageNet's 224 px eval (short side to 438, centre crop 384) is not how the 384 px
+    # weights were evaluated: the previous hint (crop_pct=1.0) still cropped the long side
+    validate(cfg_for(tmp_path, "model=cvt13_384", "data=imagenet", "data.image_size=384",
+                     "data.crop_pct=1.0"))
+    assert "but data.image_size=384, data.eval_warp=false: set data.image_size=384 " in caplog.text
+    caplog.clear()
+    validate(cfg_for(tmp_path, "model=cvt13_384", "data=imagenet", "data.image_size=384",
+                     "data.eval_warp=true"))
+    validate(cfg_for(tmp_path, "experiment=finetune_cifar100"))
     validate(cfg_for(tmp_path, "model=cvt13"))
     assert "preset" not in caplog.text
 
