@@ -51,7 +51,10 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("augment.hflip=abc", "augment.hflip='abc' (str) must be a number in [0, 1]"),
     ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1 (int) must be a number >= 0 (0: off)"),
     ("augment=deit augment.randaugment.magnitude=abc",
-     "augment.randaugment.magnitude='abc' (str) must be a number >= 0 (0-10 scale)"),
+     "augment.randaugment.magnitude='abc' (str) must be a number in [0, 10] (timm's scale; paper: 9)"),
+    # passed, then stopped the run with a traceback from RandAugment's own check
+    ("augment=deit augment.randaugment.magnitude=12",
+     "augment.randaugment.magnitude=12 (int) must be a number in [0, 10] (timm's scale; paper: 9)"),
     ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
                               "(optimizer.lr is absolute)"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),

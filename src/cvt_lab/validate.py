@@ -138,7 +138,7 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.mixup_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.cutmix_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.randaugment.num_ops": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "augment.randaugment.magnitude": (_in(0, math.inf), "a number >= 0 (0-10 scale)"),
+    "augment.randaugment.magnitude": (_in(0, 10), "a number in [0, 10] (timm's scale; paper: 9)"),
     "augment.randaugment.magnitude_std": (_in(0, math.inf), "a number >= 0"),
     "augment.randaugment.prob": _PROB,
     "optimizer.ref_batch": (_optional(lambda v: _is_int(v) and v > 0),
