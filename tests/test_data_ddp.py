@@ -17,6 +17,8 @@ from cvt_lab.module import CvTModule
 from data_helpers import png_bytes
 
 LABELS = [0, 1, 1, 0, 1, 1, 0]  # 7 samples, 3 of class 0; DistributedSampler would repeat sample 0
+SEVEN = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
+         "batch_size": 8, "num_workers": 0}
 
 
 class PredictsZero(L.LightningModule):
@@ -56,9 +58,7 @@ def test_unrepeated_sampler_partitions_without_padding():
 def test_an_eval_split_smaller_than_the_process_count_is_refused_with_the_fix():
     # 7 images over 8 processes: the unpadded sampler would leave a rank with none, and
     # Lightning's sampler failed with a bare AssertionError
-    cfg = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
-           "batch_size": 8, "num_workers": 0}
-    datamodule = SevenImages(cfg, {})
+    datamodule = SevenImages(SEVEN, {})
     datamodule.setup()
     datamodule.trainer = SimpleNamespace(world_size=8, global_rank=7, accumulate_grad_batches=1)
     with pytest.raises(DataSourceError, match=r"the seven val split has 7 images but the run has 8 "
@@ -66,6 +66,22 @@ def test_an_eval_split_smaller_than_the_process_count_is_refused_with_the_fix():
         datamodule.val_dataloader()
     datamodule.trainer.world_size, datamodule.trainer.global_rank = 7, 6
     assert len(datamodule.test_dataloader().sampler) == 1
+
+
+def test_every_rank_trains_when_its_share_of_a_small_train_split_is_below_one_batch():
+    # 7 images, global batch 12 over 2 processes: 6 per rank, but each rank's share is 4 images.
+    # drop_last followed the whole split (7 >= 6), so each rank dropped its one partial batch and
+    # fit silently trained nothing (one process, batch 12, trains on all 7)
+    datamodule = SevenImages({**SEVEN, "batch_size": 12}, {})
+    datamodule.setup()
+    datamodule.trainer = SimpleNamespace(world_size=2, global_rank=1, accumulate_grad_batches=1)
+    loader = datamodule.train_dataloader()
+    assert len(loader) == 1
+    assert len(next(iter(loader))[0]) == 4
+    datamodule.trainer = SimpleNamespace(world_size=1, global_rank=0, accumulate_grad_batches=1)
+    # one process, batch 4: the partial last batch (3 of 7) is still dropped
+    datamodule.cfg["batch_size"] = 4
+    assert len(datamodule.train_dataloader()) == 1
 
 
 @pytest.mark.slow

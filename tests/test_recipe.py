@@ -178,6 +178,21 @@ def test_warmup_epochs_count_real_epochs_when_max_steps_ends_the_run():
     assert record.lrs[:5] == pytest.approx([0.0, 0.025, 0.05, 0.075, 0.1])
 
 
+def test_a_run_that_max_steps_ends_mid_epoch_validates_its_final_weights():
+    # the step-based recipes (finetune_cifar100: 10k steps of ~88 per epoch) end mid-epoch;
+    # Lightning validates only at epoch ends, so the final weights were never validated and the
+    # tested "best" checkpoint could only be one from before the last partial epoch
+    steps = []
+    record = L.Callback()
+    record.on_validation_end = lambda trn, module: steps.append(trn.global_step)
+    module = tiny_module()
+    trn = trainer(max_epochs=-1, max_steps=6, limit_val_batches=1.0, num_sanity_val_steps=0,
+                  callbacks=[record])
+    trn.fit(module, loader(n=32, batch=8), loader(n=8, batch=8))  # 4 steps per epoch
+    assert steps == [4, 6]
+    assert trn.current_epoch == 2 and trn.global_step == 6  # still stops at max_steps
+
+
 # ---------------------------------------------------------------- accumulation
 
 def test_two_accumulated_half_batches_equal_one_full_batch_step():

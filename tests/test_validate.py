@@ -51,7 +51,10 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("augment.hflip=abc", "augment.hflip='abc' (str) must be a number in [0, 1]"),
     ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1 (int) must be a number >= 0 (0: off)"),
     ("augment=deit augment.randaugment.magnitude=abc",
-     "augment.randaugment.magnitude='abc' (str) must be a number >= 0 (0-10 scale)"),
+     "augment.randaugment.magnitude='abc' (str) must be a number in [0, 10] (timm's scale; paper: 9)"),
+    # passed, then stopped the run with a traceback from RandAugment's own check
+    ("augment=deit augment.randaugment.magnitude=12",
+     "augment.randaugment.magnitude=12 (int) must be a number in [0, 10] (timm's scale; paper: 9)"),
     ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
                               "(optimizer.lr is absolute)"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),
@@ -119,11 +122,21 @@ def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     assert str(err.value).startswith(message)
 
 
-def test_a_384_px_preset_at_another_resolution_is_flagged(tmp_path, caplog):
+def test_a_384_px_preset_at_another_resolution_or_with_a_crop_is_flagged(tmp_path, caplog):
     validate(cfg_for(tmp_path, "model=cvt13_384"))  # data=embedded: 32 px
-    assert "model=cvt13_384 is the 384 px preset but data.image_size=32" in caplog.text
+    assert ("model=cvt13_384 is the 384 px preset (its weights were fine-tuned at 384 px and are "
+            "evaluated on images resized to 384 x 384, no crop) but data.image_size=32, data.eval_warp=false: "
+            "set data.image_size=384 data.eval_warp=true") in caplog.text
     caplog.clear()
-    validate(cfg_for(tmp_path, "model=cvt13_384", "data.image_size=384"))
+    # ImageNet's 224 px eval (short side to 438, centre crop 384) is not how the 384 px
+    # weights were evaluated: the previous hint (crop_pct=1.0) still cropped the long side
+    validate(cfg_for(tmp_path, "model=cvt13_384", "data=imagenet", "data.image_size=384",
+                     "data.crop_pct=1.0"))
+    assert "but data.image_size=384, data.eval_warp=false: set data.image_size=384 " in caplog.text
+    caplog.clear()
+    validate(cfg_for(tmp_path, "model=cvt13_384", "data=imagenet", "data.image_size=384",
+                     "data.eval_warp=true"))
+    validate(cfg_for(tmp_path, "experiment=finetune_cifar100"))
     validate(cfg_for(tmp_path, "model=cvt13"))
     assert "preset" not in caplog.text
 

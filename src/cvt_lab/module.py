@@ -144,6 +144,15 @@ class CvTModule(L.LightningModule):
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # a run that trainer.max_steps ends mid-epoch (the step-based fine-tuning recipes) would
+        # stop without validating its final weights: Lightning validates at epoch ends only, so
+        # val/acc1_best and the tested best checkpoint would miss the last partial epoch. A stop
+        # request makes Lightning validate after this batch, as at an epoch end
+        max_steps = self.trainer.max_steps
+        if max_steps is not None and 0 <= max_steps <= self.trainer.global_step:
+            self.trainer.should_stop = True
+
     def on_train_epoch_end(self) -> None:  # (sync_dist: see on_validation_epoch_end)
         self.log_dict({**self.train_metrics.compute(), "train/loss_epoch": self.train_loss.compute()},
                       sync_dist=True)

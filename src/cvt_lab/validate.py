@@ -138,7 +138,7 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.mixup_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.cutmix_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.randaugment.num_ops": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "augment.randaugment.magnitude": (_in(0, math.inf), "a number >= 0 (0-10 scale)"),
+    "augment.randaugment.magnitude": (_in(0, 10), "a number in [0, 10] (timm's scale; paper: 9)"),
     "augment.randaugment.magnitude_std": (_in(0, math.inf), "a number >= 0"),
     "augment.randaugment.prob": _PROB,
     "optimizer.ref_batch": (_optional(lambda v: _is_int(v) and v > 0),
@@ -207,11 +207,13 @@ def _check_model(cfg: DictConfig) -> None:
             f"(total stride {model.total_stride}, patch strides {list(model.patch_stride)}). "
             f"Use data.image_size>={minimum} or a smaller-stride model (cvt_tiny)")
     native = preset_config(cfg.model.name).img_size  # the model's img_size follows the data's
-    if native > 224 and size != native:
-        log.warning("model=%s is the %d px preset but data.image_size=%d: its weights are tuned "
-                    "for %d px (set data.image_size=%d data.crop_pct=1.0, as finetune_cifar100 "
-                    "does), unless the change of resolution is deliberate",
-                    cfg.model.name, native, size, native, native)
+    warp = bool(cfg.data.get("eval_warp"))  # (crop_pct=1.0 would still crop a non-square image)
+    if native > 224 and (size != native or not warp):
+        log.warning("model=%s is the %d px preset (its weights were fine-tuned at %d px and are "
+                    "evaluated on images resized to %d x %d, no crop) but data.image_size=%d, "
+                    "data.eval_warp=%s: set data.image_size=%d data.eval_warp=true (as "
+                    "finetune_cifar100 does), unless the change is deliberate",
+                    cfg.model.name, native, native, native, native, size, str(warp).lower(), native)
 
 
 # ---------------------------------------------------------------------- unknown keys

@@ -199,7 +199,9 @@ class ImageDataModule(L.LightningDataModule):
             # order fixed by (seed, epoch), position saved in checkpoints: exact mid-epoch resume
             sampler = ResumableSampler(dataset, num_replicas=world, rank=rank, seed=self.seed,
                                        keyed=True)
-            return ResumableLoader(dataset, sampler=sampler, drop_last=len(dataset) >= batch,
+            # drop a partial last batch only when this rank's share holds a full one (the
+            # split's size would leave every rank without a batch when it holds less)
+            return ResumableLoader(dataset, sampler=sampler, drop_last=len(sampler) >= batch,
                                    generator=torch.Generator().manual_seed(self.seed), **options)
         sampler = None
         if world > 1:  # Lightning's DistributedSampler would pad with repeats
