@@ -293,6 +293,18 @@ def _check_architecture(ours: CvTConfig, theirs: CvTConfig, source: str) -> None
         raise CheckpointError(f"checkpoint '{source}' is another architecture: " + "; ".join(diffs))
 
 
+def function_diffs(ours: CvTConfig, theirs: CvTConfig) -> list[str]:
+    """The fields in which two configs of the same weights compute differently (the
+    activation, strides, paddings, head counts...; not the class count or dropout rates)."""
+    fields = [f for f in (*ARCH_FIELDS, "activation", "layer_norm_eps")
+              if getattr(ours, f) != getattr(theirs, f)]
+    if any(ours.embed_geometry(i) != theirs.embed_geometry(i)
+           for i in range(min(ours.num_stages, theirs.num_stages))):
+        fields += [f for f in ("token_embed", "patch_size", "patch_stride", "patch_padding")
+                   if getattr(ours, f) != getattr(theirs, f)]
+    return fields
+
+
 def _describe(state: dict[str, torch.Tensor]) -> str:
     dims = [v.shape[0] for k, v in sorted(state.items())
             if re.match(r"stage\d+\.patch_embed\.proj\.weight$", k)]
