@@ -254,9 +254,15 @@ def test_hub_ids_download_and_offline_errors_are_clear(small_hf, monkeypatch):
         create_model("cvt13", pretrained="microsoft/cvt-13")
 
 
-def test_unreadable_sources_fail_clearly(tmp_path):
+def test_unreadable_sources_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         create_model("cvt13", pretrained=tmp_path / "missing.pth")
+    # a relative path of one folder and a weights file looks like 'owner/name': it was sent
+    # to the Hub, and a mistyped path failed with "could not fetch ... If this machine is offline"
+    monkeypatch.chdir(tmp_path)
+    for missing in ("weights/cvt13.pth", "runs/last.ckpt", "export/model.safetensors"):
+        with pytest.raises(FileNotFoundError, match=rf"no checkpoint at '{missing}'"):
+            create_model("cvt13", pretrained=missing)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         create_model("cvt13", pretrained=tmp_path)
     torch.save({"weights": [1, 2]}, tmp_path / "junk.pth")
