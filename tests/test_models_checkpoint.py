@@ -207,6 +207,29 @@ def test_other_preset_fails_naming_shapes_and_loads_nothing(tmp_path):
         load_pretrained(deeper, tmp_path / "tiny.pth")
 
 
+def test_weights_of_another_preset_name_the_preset_to_build(tmp_path, small_hf):
+    # cvt21 weights into cvt13 listed 272 unexpected keys (or the differing depths) and no fix
+    torch.save(create_model("cvt21", num_classes=0).state_dict(), tmp_path / "cvt21.pth")
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt13", num_classes=0, pretrained=tmp_path / "cvt21.pth")
+    assert str(err.value).endswith(
+        "  (its embed_dims and depths are preset cvt21's (or cvt21_384's): build that preset, "
+        "model=cvt21 on the command line)")
+    hf_model(depth=[1, 4, 16], num_labels=2).save_pretrained(tmp_path / "hf21")
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt13", pretrained=tmp_path / "hf21")
+    assert str(err.value) == (
+        f"checkpoint '{tmp_path / 'hf21'}' is another architecture: depths: model (1, 2, 10) vs "
+        "checkpoint (1, 4, 16). Its embed_dims and depths are preset cvt21's (or cvt21_384's): "
+        "build that preset, model=cvt21 on the command line")
+    _, path = small_hf  # no preset of its widths: the fields to set
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt_tiny", pretrained=path)
+    assert str(err.value).endswith(
+        ". Build the model with the checkpoint's values (model.<field>=... on the command line), "
+        "or call create_model(pretrained=...) without a preset name to take them all from it")
+
+
 def test_transformers_config_of_another_architecture_fails(small_hf):
     _, path = small_hf
     with pytest.raises(CheckpointError, match=r"stride_kv: model \(1, 1, 1\) vs checkpoint \(2, 2, 2\)"):
