@@ -134,6 +134,18 @@ def test_export_refuses_what_transformers_cannot_run(tmp_path):
         export_hf(create_model("cvt_tiny", **ok), tmp_path)  # quick_gelu: allowed, with a warning
     with pytest.raises(ValueError, match="fuse_bn"):
         export_hf(create_model("cvt_tiny", activation="gelu", **ok).eval().fuse_bn(), tmp_path)
+    # labels keyed 1..n were written as given: transformers then named no label for class 0
+    # and mapped the last name to a class that does not exist; a list failed with
+    # "'list' object has no attribute 'items'"
+    three = create_model("cvt_tiny", num_classes=3, activation="gelu", **ok)
+    for labels in ({1: "a", 2: "b", 3: "c"}, ["a", "b", "c"]):
+        with pytest.raises(ValueError) as err:
+            export_hf(three, tmp_path / "labels", id2label=labels)
+        assert str(err.value) == (
+            "id2label must map each class index 0..2 to its name, e.g. "
+            "id2label=dict(enumerate(class_names)); got "
+            + ("keys ['1', '2', '3']" if isinstance(labels, dict) else "a list"))
+    assert not (tmp_path / "labels").exists()
     # the patch-embedding ablation is a conv with kernel = stride: representable
     export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch", **ok), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["patch_sizes"] == [2, 2, 2]
