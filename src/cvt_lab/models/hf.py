@@ -139,7 +139,7 @@ def download(repo_id: str) -> Path:
         raise OSError(
             f"could not fetch '{repo_id}' from the Hugging Face Hub ({type(err).__name__}: {err}). "
             f"If this machine is offline, download the repository elsewhere and pass its local "
-            f"directory (holding {CONFIG_NAME} and {WEIGHT_NAMES[0]}) instead of the id."
+            f"directory (holding {CONFIG_NAME} and {' or '.join(WEIGHT_NAMES)}) instead of the id."
         ) from err
     return Path(path)
 
