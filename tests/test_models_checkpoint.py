@@ -134,6 +134,18 @@ def test_export_refuses_what_transformers_cannot_run(tmp_path):
         export_hf(create_model("cvt_tiny", **ok), tmp_path)  # quick_gelu: allowed, with a warning
     with pytest.raises(ValueError, match="fuse_bn"):
         export_hf(create_model("cvt_tiny", activation="gelu", **ok).eval().fuse_bn(), tmp_path)
+    # labels keyed 1..n were written as given: transformers then named no label for class 0
+    # and mapped the last name to a class that does not exist; a list failed with
+    # "'list' object has no attribute 'items'"
+    three = create_model("cvt_tiny", num_classes=3, activation="gelu", **ok)
+    for labels in ({1: "a", 2: "b", 3: "c"}, ["a", "b", "c"]):
+        with pytest.raises(ValueError) as err:
+            export_hf(three, tmp_path / "labels", id2label=labels)
+        assert str(err.value) == (
+            "id2label must map each class index 0..2 to its name, e.g. "
+            "id2label=dict(enumerate(class_names)); got "
+            + ("keys ['1', '2', '3']" if isinstance(labels, dict) else "a list"))
+    assert not (tmp_path / "labels").exists()
     # the patch-embedding ablation is a conv with kernel = stride: representable
     export_hf(create_model("cvt_tiny", activation="gelu", token_embed="patch", **ok), tmp_path)
     assert json.loads((tmp_path / "config.json").read_text())["patch_sizes"] == [2, 2, 2]
@@ -207,6 +219,29 @@ def test_other_preset_fails_naming_shapes_and_loads_nothing(tmp_path):
         load_pretrained(deeper, tmp_path / "tiny.pth")
 
 
+def test_weights_of_another_preset_name_the_preset_to_build(tmp_path, small_hf):
+    # cvt21 weights into cvt13 listed 272 unexpected keys (or the differing depths) and no fix
+    torch.save(create_model("cvt21", num_classes=0).state_dict(), tmp_path / "cvt21.pth")
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt13", num_classes=0, pretrained=tmp_path / "cvt21.pth")
+    assert str(err.value).endswith(
+        "  (its embed_dims and depths are preset cvt21's (or cvt21_384's): build that preset, "
+        "model=cvt21 on the command line)")
+    hf_model(depth=[1, 4, 16], num_labels=2).save_pretrained(tmp_path / "hf21")
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt13", pretrained=tmp_path / "hf21")
+    assert str(err.value) == (
+        f"checkpoint '{tmp_path / 'hf21'}' is another architecture: depths: model (1, 2, 10) vs "
+        "checkpoint (1, 4, 16). Its embed_dims and depths are preset cvt21's (or cvt21_384's): "
+        "build that preset, model=cvt21 on the command line")
+    _, path = small_hf  # no preset of its widths: the fields to set
+    with pytest.raises(CheckpointError) as err:
+        create_model("cvt_tiny", pretrained=path)
+    assert str(err.value).endswith(
+        ". Build the model with the checkpoint's values (model.<field>=... on the command line), "
+        "or call create_model(pretrained=...) without a preset name to take them all from it")
+
+
 def test_transformers_config_of_another_architecture_fails(small_hf):
     _, path = small_hf
     with pytest.raises(CheckpointError, match=r"stride_kv: model \(1, 1, 1\) vs checkpoint \(2, 2, 2\)"):
@@ -250,13 +285,25 @@ def test_hub_ids_download_and_offline_errors_are_clear(small_hf, monkeypatch):
         raise huggingface_hub.errors.LocalEntryNotFoundError("no connection")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(OSError, match=r"'microsoft/cvt-13'.*offline.*local directory"):
+    with pytest.raises(OSError) as err:
         create_model("cvt13", pretrained="microsoft/cvt-13")
+    # the hint named model.safetensors only, though a directory with pytorch_model.bin loads too
+    assert str(err.value).startswith("could not fetch 'microsoft/cvt-13' from the Hugging Face Hub")
+    assert str(err.value).endswith(
+        "If this machine is offline, download the repository elsewhere and pass its local "
+        "directory (holding config.json and model.safetensors or pytorch_model.bin) instead of "
+        "the id.")
 
 
-def test_unreadable_sources_fail_clearly(tmp_path):
+def test_unreadable_sources_fail_clearly(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         create_model("cvt13", pretrained=tmp_path / "missing.pth")
+    # a relative path of one folder and a weights file looks like 'owner/name': it was sent
+    # to the Hub, and a mistyped path failed with "could not fetch ... If this machine is offline"
+    monkeypatch.chdir(tmp_path)
+    for missing in ("weights/cvt13.pth", "runs/last.ckpt", "export/model.safetensors"):
+        with pytest.raises(FileNotFoundError, match=rf"no checkpoint at '{missing}'"):
+            create_model("cvt13", pretrained=missing)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         create_model("cvt13", pretrained=tmp_path)
     torch.save({"weights": [1, 2]}, tmp_path / "junk.pth")

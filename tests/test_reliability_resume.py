@@ -291,3 +291,22 @@ def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch,
     assert "model.depths=None (this config: [1, 1, 1])" in message
     assert "ema_decay=None (this config: 0.999)" in message
     assert not (tmp_path / "csv").exists()  # refused before any logger started
+
+
+def test_a_checkpoint_of_another_network_with_the_same_weights_is_refused(one_epoch, tmp_path):
+    # the activation and the strides leave no trace in the weights: a run fine-tuned from
+    # transformers weights (exact GELU, chosen by model.pretrained) evaluated without
+    # model.pretrained ran with QuickGELU, silently reporting another network's accuracy
+    first, _ = one_epoch
+    last = first / "checkpoints/last.ckpt"
+    with pytest.raises(ConfigError) as refused:
+        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}",
+                        "model.activation=gelu", "model.stride_kv=1"], tmp_path)
+    assert str(refused.value) == (
+        f"ckpt_path={last} was trained as another network than this config builds: "
+        "model.stride_kv=[2, 2, 2] (this config: [1, 1, 1]); model.activation='quick_gelu' "
+        "(this config: 'gelu'). Its weights fit, but the outputs would differ: set these "
+        "values, or give the model overrides of its training run (its run dir's "
+        ".hydra/overrides.yaml; a run from transformers weights takes model.activation=gelu "
+        "from its model.pretrained)")
+    assert not (tmp_path / "csv").exists()

@@ -69,21 +69,32 @@ def test_wandb_auto_skips_when_offline(tmp_path, monkeypatch):
     assert not (tmp_path / "wandb").exists()
 
 
-def test_folder_jobs_get_params_and_macs_from_their_checkpoint(tmp_path):
-    # data=folder leaves data.num_classes null in the job's config: params and MACs were empty
+@pytest.mark.parametrize("evaluated", [False, True])
+def test_folder_jobs_get_params_and_macs_from_their_checkpoint(tmp_path, capsys, evaluated):
+    # data=folder leaves data.num_classes null in the job's config: params and MACs were empty.
+    # An eval-only job (train=false) writes no checkpoint: its count is in the one it
+    # evaluated, but the report warned "cannot build the model of this job (int() argument
+    # must be a string, ... not 'NoneType')"
     import torch
 
     from cvt_lab.models import count_macs, count_params, create_model
 
     job = tmp_path / "0"
-    job_started_but_never_logged(job, "data=folder", "data.image_size=32")
+    ckpt = (tmp_path / "trained" if evaluated else job / "checkpoints") / "last.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 3}}, ckpt)
+    evaluation = ["train=false", f"ckpt_path={ckpt}"] if evaluated else []
+    job_started_but_never_logged(job, "data=folder", "data.image_size=32", *evaluation)
     (job / "metrics.json").write_text(json.dumps({"val/acc1_best": 0.5}))
-    (job / "checkpoints").mkdir()
-    torch.save({"state_dict": {}, "hyper_parameters": {"num_classes": 3}},
-               job / "checkpoints" / "last.ckpt")
     row = report.report(tmp_path, wandb_mode="disabled")["rows"][0]
+    assert "warning" not in capsys.readouterr().err
     model = create_model("cvt_tiny", num_classes=3)
     assert row[-2:] == [count_params(model), count_macs(model, 32) / 1e6]
+    ckpt.unlink()  # nothing records the count: the warning says so
+    report.report(tmp_path, wandb_mode="disabled")
+    assert capsys.readouterr().err == (
+        "warning: cannot build the model of this job (data.num_classes is null (one class per "
+        "folder) and no checkpoint of the job records the count); params left empty\n")
 
 
 def test_a_job_rerun_in_its_old_dir_reports_its_own_outcome_only(tmp_path):

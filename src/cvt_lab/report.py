@@ -90,14 +90,16 @@ def _model_cost(model_json: str, num_classes: int, img_size: int) -> tuple[int, 
     return count_params(net), int(count_macs(net, img_size))
 
 
-def checkpoint_classes(job_dir: Path) -> int | None:
-    """The class count a job trained with, from its checkpoint: data=folder leaves
-    data.num_classes null in the config (one class per folder, counted when the data is read)."""
+def checkpoint_classes(job_dir: Path, cfg: DictConfig) -> int | None:
+    """The class count a job trained with, from its checkpoint (or, for an eval-only job, the
+    checkpoint it evaluated): data=folder leaves data.num_classes null in the config (one class
+    per folder, counted when the data is read)."""
     from .validate import read_checkpoint
 
-    for path in sorted((job_dir / "checkpoints").glob("*.ckpt")):
-        ckpt = read_checkpoint(path)
-        return ckpt.get("hyper_parameters", {}).get("num_classes")
+    evaluated = [Path(cfg.ckpt_path)] if cfg.get("ckpt_path") else []
+    for path in [*sorted((job_dir / "checkpoints").glob("*.ckpt")), *evaluated]:
+        if path.is_file():
+            return read_checkpoint(path).get("hyper_parameters", {}).get("num_classes")
     return None
 
 
@@ -106,7 +108,10 @@ def model_cost(cfg: DictConfig, job_dir: Path) -> tuple[int | None, int | None]:
     distinct config). MACs follow the paper's convention (``cvt_lab.models.flops``)."""
     try:
         model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-        classes = cfg.data.num_classes or checkpoint_classes(job_dir)
+        classes = cfg.data.num_classes or checkpoint_classes(job_dir, cfg)
+        if classes is None:
+            raise ValueError("data.num_classes is null (one class per folder) and no checkpoint "
+                             "of the job records the count")
         return _model_cost(json.dumps(model_cfg, sort_keys=True), int(classes),
                            int(cfg.data.image_size))
     except Exception as err:  # a config that cannot build (often why the job failed)

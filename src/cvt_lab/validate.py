@@ -338,6 +338,7 @@ def check_checkpoint_fits(ckpt: dict[str, Any] | None, path: str | None, module:
     missing, unexpected, mismatched = state_misfits(module.state_dict(), ckpt["state_dict"])
     misfits = [f"{k} missing" for k in missing] + [f"{k} unexpected" for k in unexpected] + mismatched
     if not misfits:
+        _check_same_network(ckpt, path, module.net.config)
         return
     saved, now = ckpt.get("hyper_parameters") or {}, module.hparams
     diffs = [f"model.{k}={v!r} (this config: {now['model'].get(k)!r})"
@@ -351,6 +352,31 @@ def check_checkpoint_fits(ckpt: dict[str, Any] | None, path: str | None, module:
         + (f"It was trained with {', '.join(diffs)}. " if diffs else "")
         + "Give the same model/data overrides as its training run (its run dir's "
           ".hydra/overrides.yaml); to start from its weights instead use model.pretrained=<file>")
+
+
+def _check_same_network(ckpt: dict[str, Any], path: str | None, config: Any) -> None:
+    """Refuse weights that fit but were trained in another network: the activation, strides,
+    paddings and head counts leave no trace in the weights (a run fine-tuned from transformers
+    weights computes exact GELU because its model.pretrained said so, not its config)."""
+    from .models.checkpoint import CONFIG_KEY, function_diffs
+    from .models.config import CvTConfig
+
+    if not ckpt.get(CONFIG_KEY):
+        return
+    trained = CvTConfig.build(**ckpt[CONFIG_KEY])
+    diffs = [f"model.{f}={_listed(getattr(trained, f))!r} (this config: "
+             f"{_listed(getattr(config, f))!r})" for f in function_diffs(config, trained)]
+    if diffs:
+        raise ConfigError(
+            f"ckpt_path={path} was trained as another network than this config builds: "
+            f"{'; '.join(diffs)}. Its weights fit, but the outputs would differ: set these "
+            "values, or give the model overrides of its training run (its run dir's "
+            ".hydra/overrides.yaml; a run from transformers weights takes model.activation=gelu "
+            "from its model.pretrained)")
+
+
+def _listed(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
 
 
 # ------------------------------------------------------------------------ CLI hints

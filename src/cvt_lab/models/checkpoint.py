@@ -31,6 +31,7 @@ _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest 
 _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # a path, not a Hub id
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
 
 
@@ -89,7 +90,7 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
     """Read weights (and config.json when present) from a directory, file or Hub id."""
     path = Path(source)
     if not path.exists():
-        if isinstance(source, str) and _HUB_ID.match(source):
+        if isinstance(source, str) and _HUB_ID.match(source) and path.suffix not in _FILE_SUFFIXES:
             path = download(source)
         else:
             raise FileNotFoundError(f"no checkpoint at '{source}' (not a file, directory or Hub id)")
@@ -162,9 +163,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     q_convs = [state_dict.get(f"stage{i}.blocks.0.attn.conv_proj_q.conv.weight") for i in stages]
     if all(w is not None for w in q_convs):
         shape_fields.update(projection="dw_bn", kernel_qkv=[w.shape[-1] for w in q_convs])
-    preset = next((name for name, p in PRESETS.items()
-                   if tuple(p.get("embed_dims", CvTConfig.embed_dims)) == tuple(dims)
-                   and tuple(p.get("depths", CvTConfig.depths)) == tuple(depths)), None)
+    preset = next(iter(_presets_of(dims, depths)), None)
     if preset is None and "num_heads" not in overrides:
         raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
                               f"({sorted(PRESETS)}); pass num_heads=... (and any non-default "
@@ -225,6 +224,8 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                 lines.append(f"  {len(items)} {title}: {_listing(items)}")
         if any(m.startswith("head.") for m in mismatched):
             lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
+        if (shape := _stage_shape(state)) != _stage_shape(expected) and _presets_of(*shape):
+            lines.append(f"  ({_preset_hint(*shape)})")
         fused_state, fused_model = _bn_fused(state), _bn_fused(expected)
         if fused_state and not fused_model:
             lines.append("  (the checkpoint was saved after fuse_bn(): build the model, call "
@@ -290,14 +291,53 @@ def _check_architecture(ours: CvTConfig, theirs: CvTConfig, source: str) -> None
               for i in range(min(ours.num_stages, theirs.num_stages))
               if ours.embed_geometry(i) != theirs.embed_geometry(i)]
     if diffs:
-        raise CheckpointError(f"checkpoint '{source}' is another architecture: " + "; ".join(diffs))
+        shape = (theirs.embed_dims, theirs.depths)
+        hint = ("I" + _preset_hint(*shape)[1:]
+                if shape != (ours.embed_dims, ours.depths) and _presets_of(*shape) else
+                "Build the model with the checkpoint's values (model.<field>=... on the command "
+                "line), or call create_model(pretrained=...) without a preset name to take them "
+                "all from it")
+        raise CheckpointError(f"checkpoint '{source}' is another architecture: "
+                              + "; ".join(diffs) + ". " + hint)
 
 
-def _describe(state: dict[str, torch.Tensor]) -> str:
+def _presets_of(dims: Any, depths: Any) -> list[str]:
+    """The presets of these per-stage widths and depths (e.g. cvt21 and cvt21_384)."""
+    return [name for name, p in PRESETS.items()
+            if tuple(p.get("embed_dims", CvTConfig.embed_dims)) == tuple(dims)
+            and tuple(p.get("depths", CvTConfig.depths)) == tuple(depths)]
+
+
+def _preset_hint(dims: Any, depths: Any) -> str:
+    first, *others = _presets_of(dims, depths)
+    also = " (or " + ", ".join(f"{name}'s" for name in others) + ")" if others else ""
+    return (f"its embed_dims and depths are preset {first}'s{also}: build that preset, "
+            f"model={first} on the command line")
+
+
+def function_diffs(ours: CvTConfig, theirs: CvTConfig) -> list[str]:
+    """The fields in which two configs of the same weights compute differently (the
+    activation, strides, paddings, head counts...; not the class count or dropout rates)."""
+    fields = [f for f in (*ARCH_FIELDS, "activation", "layer_norm_eps")
+              if getattr(ours, f) != getattr(theirs, f)]
+    if any(ours.embed_geometry(i) != theirs.embed_geometry(i)
+           for i in range(min(ours.num_stages, theirs.num_stages))):
+        fields += [f for f in ("token_embed", "patch_size", "patch_stride", "patch_padding")
+                   if getattr(ours, f) != getattr(theirs, f)]
+    return fields
+
+
+def _stage_shape(state: dict[str, torch.Tensor]) -> tuple[list[int], list[int]]:
+    """(embed_dims, depths) of a state dict under our names."""
     dims = [v.shape[0] for k, v in sorted(state.items())
             if re.match(r"stage\d+\.patch_embed\.proj\.weight$", k)]
     depths = [len({k.split(".")[2] for k in state if k.startswith(f"stage{i}.blocks.")})
               for i in range(len(dims))]
+    return dims, depths
+
+
+def _describe(state: dict[str, torch.Tensor]) -> str:
+    dims, depths = _stage_shape(state)
     return f"embed_dims {dims}, depths {depths}"
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +98,13 @@ def config_to_hf(config: CvTConfig, id2label: dict[int, str] | None = None) -> d
     out["patch_sizes"] = [k for k, _, _ in geometry]
     out["patch_padding"] = [p for _, _, p in geometry]
     labels = id2label or {i: f"LABEL_{i}" for i in range(config.num_classes)}
-    if len(labels) != config.num_classes:
+    if isinstance(labels, Mapping) and len(labels) != config.num_classes:
         raise ValueError(f"id2label has {len(labels)} labels but the model {config.num_classes} classes")
+    keys = sorted(str(k) for k in labels) if isinstance(labels, Mapping) else None
+    if keys != sorted(str(i) for i in range(config.num_classes)):  # transformers indexes by them
+        got = f"keys {keys[:8]}{' ...' if len(keys) > 8 else ''}" if keys else f"a {type(labels).__name__}"
+        raise ValueError(f"id2label must map each class index 0..{config.num_classes - 1} to its "
+                         f"name, e.g. id2label=dict(enumerate(class_names)); got {got}")
     out["id2label"] = {str(i): str(name) for i, name in labels.items()}
     out["label2id"] = {str(name): int(i) for i, name in labels.items()}
     return out
@@ -133,7 +139,7 @@ def download(repo_id: str) -> Path:
         raise OSError(
             f"could not fetch '{repo_id}' from the Hugging Face Hub ({type(err).__name__}: {err}). "
             f"If this machine is offline, download the repository elsewhere and pass its local "
-            f"directory (holding {CONFIG_NAME} and {WEIGHT_NAMES[0]}) instead of the id."
+            f"directory (holding {CONFIG_NAME} and {' or '.join(WEIGHT_NAMES)}) instead of the id."
         ) from err
     return Path(path)
 
