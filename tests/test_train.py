@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
+
+import pytest
+import torch
 
 from conftest import compose_config, run_cli
-from cvt_lab.train import run
+from cvt_lab.data import ImageDataModule
+from cvt_lab.models import create_model, export_hf
+from cvt_lab.train import plain, run
+from cvt_lab.validate import ConfigError
+from model_helpers import randomise_bn
 
 
 def test_fast_dev_run_trains_and_tests_one_batch(tmp_path):
@@ -30,3 +38,57 @@ def test_cli_short_run_beats_chance_and_reports_where_outputs_went(tmp_path):
     # Lightning's messages reach the console once, through Hydra's log format
     seeds = [line for line in (out + result.stderr).splitlines() if "Seed set to 42" in line]
     assert len(seeds) == 1 and seeds[0].endswith("[INFO] - Seed set to 42"), seeds
+
+
+# ------------------------------------------------ published weights (model.pretrained=...)
+
+DEPTHS = "model.depths=[1,2,3]"
+
+
+def published(tmp_path: Path, num_classes: int) -> tuple[Path, torch.nn.Module]:
+    """A transformers-format directory of a random cvt_tiny (as on the hub), and its network
+    (depths [1, 2, 3]: transformers' CvT needs more blocks in stage i than i)."""
+    torch.manual_seed(3)
+    net = create_model("cvt_tiny", num_classes=num_classes, activation="gelu", depths=(1, 2, 3)).eval()
+    randomise_bn(net)
+    return export_hf(net, tmp_path / f"hub{num_classes}"), net
+
+
+def test_published_weights_are_evaluated_as_they_are(tmp_path):
+    path, net = published(tmp_path, 10)  # the embedded digits have 10 classes
+    cfg = compose_config(["logger=csv", "train=false", f"model.pretrained={path}", DEPTHS], tmp_path / "run")
+    metrics = run(cfg)
+    # the reference: the network by hand over the same test split
+    datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
+    datamodule.setup("test")
+    right = seen = 0
+    with torch.no_grad():
+        for batch in datamodule.test_dataloader():
+            images, _, labels = datamodule.on_after_batch_transfer(batch, 0)
+            right += int((net(images).argmax(1) == labels).sum())
+            seen += len(labels)
+    assert seen > 100 and metrics["test/acc1"] == pytest.approx(right / seen, abs=1e-6)
+
+
+def test_published_weights_of_another_label_set_are_not_evaluated_with_a_new_head(tmp_path):
+    path, _ = published(tmp_path, 7)
+    with pytest.raises(ConfigError, match=r"its classifier has 7 classes but the data 10, so the "
+                                          r"test would run a new, untrained head"):
+        run(compose_config(["logger=csv", "train=false", f"model.pretrained={path}", DEPTHS],
+                           tmp_path / "run"))
+    assert not (tmp_path / "run" / "csv").exists()  # refused before anything was written
+
+
+def test_fine_tuning_starts_from_the_published_weights_with_a_new_head(tmp_path):
+    # python run.py model.pretrained=<dir> ...: an lr too small to move fp32 weights shows
+    # what training started from
+    path, net = published(tmp_path, 7)
+    run(compose_config(["logger=csv", f"model.pretrained={path}", DEPTHS, "optimizer.lr=1e-30", "scheduler=constant",
+                        "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+                        "+trainer.limit_val_batches=1", "test=false"], tmp_path / "run"))
+    state = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    for name, weight in net.named_parameters():
+        if name.startswith("head."):
+            assert state[f"net.{name}"].shape[0] == 10  # the data's classes
+        else:
+            torch.testing.assert_close(state[f"net.{name}"], weight, rtol=0, atol=1e-20, msg=name)

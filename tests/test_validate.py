@@ -109,7 +109,8 @@ def test_class_names_must_match_num_classes(tmp_path):
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
-    (["train=false"], "train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>"),
+    (["train=false"], "train=false evaluates weights: also give ckpt_path=<file.ckpt> (a run's "
+                      "checkpoint) or model.pretrained=<dir|hub id|file> (published weights)"),
     (["train=false", "test=false", "ckpt_path=x.ckpt"], "train=false test=false would run nothing"),
     (["resume=auto", "ckpt_path=x.ckpt"], "give either resume=auto or ckpt_path=<file.ckpt>, not both"),
     (["resume=yes"], "resume='yes': use resume=auto"),

@@ -25,7 +25,7 @@ from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, read_resume_state
                      warn_length_change)
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard, remove_stale_temps
 from .utils import git_commit, print_summary
-from .validate import ConfigError, check_checkpoint_fits, validate
+from .validate import ConfigError, check_checkpoint_fits, check_pretrained_head, validate
 
 # Errors whose message says what to do: run.py prints them without a traceback.
 CLEAR_ERRORS = (ConfigError, DataSourceError, ImageDecodeError, NonFiniteError)
@@ -69,6 +69,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise
         raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {err}") from err
     check_checkpoint_fits(ckpt, ckpt_path, module)
+    if not cfg.train and ckpt_path is None:  # the published weights, as they are
+        check_pretrained_head(module, datamodule.num_classes)
     del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
     try:  # from here on a W&B run may exist: close it whatever happens
@@ -110,6 +112,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
          # without training, the best path is the one restored from ckpt_path's callback state
          "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
          "tested ckpt": ckpt_path if not cfg.train else None,
+         "tested weights": cfg.model.pretrained if not (cfg.train or ckpt_path) else None,
          "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})

@@ -177,11 +177,12 @@ def _check_run_mode(cfg: DictConfig) -> None:
         raise ConfigError("give either resume=auto or ckpt_path=<file.ckpt>, not both")
     if resume == "auto" and not cfg.train:
         raise ConfigError("resume=auto continues training: it needs train=true")
-    if not cfg.train and not cfg.get("ckpt_path"):
-        raise ConfigError("train=false evaluates a checkpoint: also give ckpt_path=<file.ckpt>")
+    if not cfg.train and not cfg.get("ckpt_path") and not (cfg.get("model") or {}).get("pretrained"):
+        raise ConfigError("train=false evaluates weights: also give ckpt_path=<file.ckpt> (a run's "
+                          "checkpoint) or model.pretrained=<dir|hub id|file> (published weights)")
     if not cfg.train and not cfg.get("test", True):
         raise ConfigError("train=false test=false would run nothing: set test=true to evaluate "
-                          "ckpt_path, or train=true to train")
+                          "the weights, or train=true to train")
     trainer = cfg.get("trainer") or {}
     if (cfg.train and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
             and not trainer.get("fast_dev_run")):
@@ -352,6 +353,18 @@ def check_checkpoint_fits(ckpt: dict[str, Any] | None, path: str | None, module:
         + (f"It was trained with {', '.join(diffs)}. " if diffs else "")
         + "Give the same model/data overrides as its training run (its run dir's "
           ".hydra/overrides.yaml); to start from its weights instead use model.pretrained=<file>")
+
+
+def check_pretrained_head(module: Any, num_classes: int) -> None:
+    """Evaluating published weights as they are (train=false, no ckpt_path) needs their own
+    classifier: a head reset for another class count is untrained, its accuracy chance."""
+    report = getattr(module.net, "load_report", None)
+    if report is not None and report.head_reset:
+        raise ConfigError(
+            f"train=false model.pretrained={report.source}: its classifier has "
+            f"{report.checkpoint_classes} classes but the data {num_classes}, so the test would "
+            "run a new, untrained head. Evaluate on data of its label set (e.g. data=imagenet "
+            "for ImageNet-1k weights), or fine-tune first (train=true)")
 
 
 def _check_same_network(ckpt: dict[str, Any], path: str | None, config: Any) -> None:

@@ -36,6 +36,9 @@ def create_model(name: str | None = None, num_classes: int | None = None,
         overrides: :class:`CvTConfig` fields. Weights from transformers default to
             ``activation="gelu"`` so logits match transformers exactly, a cvt-lab training
             checkpoint to the activation it trained with; original weights keep QuickGELU.
+
+    With ``pretrained``, the model's ``load_report`` (:class:`LoadReport`) says where the
+    weights came from and whether the classifier is new.
     """
     if pretrained is None:
         if name is None:
@@ -50,7 +53,7 @@ def create_model(name: str | None = None, num_classes: int | None = None,
     overrides["num_classes"] = classes
     config = preset_config(name, **overrides) if name else ckpt.config(**overrides)
     model = CvT(config)
-    load_checkpoint(model, ckpt, reset_head=classes != ckpt.num_classes)
+    model.load_report = load_checkpoint(model, ckpt, reset_head=classes != ckpt.num_classes)
     return model
 
 
