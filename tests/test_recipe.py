@@ -140,6 +140,19 @@ def test_a_min_lr_above_the_peak_is_named_with_the_fix():
         lrs({"name": "constant", "warmup_epochs": 0, "min_lr": 1e-2}, 10, 5)  # min_lr unused there
 
 
+def test_a_warmup_as_long_as_the_run_is_named_with_the_fix():
+    # a recipe shortened on the command line (cvt13_imagenet trainer.max_epochs=5) kept its 5
+    # warmup epochs: the lr rose over the whole run and never decayed, silently
+    with pytest.warns(UserWarning, match=r"scheduler.warmup_epochs=5 = 50 steps covers the whole "
+                                          r"run \(50 optimizer steps\): the lr only rises"):
+        lrs({"name": "cosine", "warmup_epochs": 5}, 50, 10)
+    with pytest.warns(UserWarning, match=r"scheduler.warmup_steps=60 covers the whole run"):
+        lrs({"name": "constant", "warmup_epochs": 0, "warmup_steps": 60}, 50, 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        lrs({"name": "cosine", "warmup_epochs": 4}, 50, 10)
+
+
 def test_warmup_steps_win_over_epochs_and_constant_and_step_schedules():
     v = lrs({"name": "constant", "warmup_epochs": 5, "warmup_steps": 4, "warmup_lr": 0.0}, 20, 10)
     assert v[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])

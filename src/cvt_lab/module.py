@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 from contextlib import nullcontext
 from typing import Any
 
@@ -225,7 +227,10 @@ class CvTModule(L.LightningModule):
                            "clip a fused optimizer's gradients under mixed precision")
         optimizer = build_optimizer(self.net, opt_cfg)
         total = int(self.trainer.estimated_stepping_batches)
-        scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,
-                                    steps_per_epoch(self.trainer, total))
+        with warnings.catch_warnings():
+            if self.trainer.fast_dev_run:  # a smoke test of a batch or two: no word on its lr
+                warnings.simplefilter("ignore")
+            scheduler = build_scheduler(optimizer, self.hparams.scheduler, opt_cfg, total,
+                                        steps_per_epoch(self.trainer, total))
         return {"optimizer": optimizer,
                 "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

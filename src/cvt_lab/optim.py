@@ -107,6 +107,12 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_c
             f"{opt_cfg['lr']} scaled to the global batch {opt_cfg['batch_size']} per ref_batch="
             f"{opt_cfg.get('ref_batch')}): the cosine rises instead of decaying. Lower "
             "scheduler.min_lr or raise optimizer.lr", stacklevel=2)
+    if warmup >= total_steps > 0:  # a shortened recipe (e.g. 5 warmup epochs of 5)
+        given = (f"warmup_steps={warmup}" if cfg.get("warmup_steps") is not None else
+                 f"warmup_epochs={cfg.get('warmup_epochs')} = {warmup} steps")
+        warnings.warn(
+            f"scheduler.{given} covers the whole run ({total_steps} optimizer steps): the lr "
+            "only rises and never decays. Lower the warmup or train longer", stacklevel=2)
     milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]
     kind = cfg["name"]
     if kind not in SCHEDULES:
