@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import lightning as L
 import pytest
@@ -64,6 +65,25 @@ def test_gpu_trainer_without_cuda_names_the_cpu_trainers(monkeypatch):
         check("trainer=gpu")
     with pytest.raises(HardwareError, match="no CUDA GPU is visible"):
         check("trainer=ddp")
+
+
+def test_bf16_on_a_gpu_without_native_bf16_names_16_mixed(monkeypatch):
+    # a V100 (compute capability 7.0) creates bf16 tensors, so torch.cuda.is_bf16_supported()
+    # says True ("including emulation"), and bf16-mixed ran there emulated, without a word
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(major=7))
+    monkeypatch.setattr(torch.cuda, "_check_bf16_tensor_supported", lambda device: True)
+    with pytest.raises(HardwareError, match=re.escape(
+            "trainer.precision=bf16-mixed: this GPU (Tesla V100-SXM2-32GB) has no bfloat16 "
+            "support (it needs compute capability 8.0+, e.g. A100/H100); use "
+            "trainer.precision=16-mixed")):
+        check("trainer=gpu")
+    check("trainer=gpu", "trainer.precision=16-mixed")
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda *a: SimpleNamespace(major=8))
+    check("trainer=gpu")  # an A100
 
 
 def test_compile_without_a_cpp_compiler_fails_unless_the_backend_needs_none(monkeypatch):

@@ -399,6 +399,23 @@ def test_compile_trains_and_checkpoint_loads_into_an_uncompiled_module(tmp_path)
         torch.testing.assert_close(plain.state_dict()[name], tensor, msg=name)
 
 
+@pytest.mark.slow
+def test_compile_options_from_the_command_line_reach_torch_compile(make_cfg, tmp_path, monkeypatch):
+    # compile={...} arrives as an OmegaConf node: it was passed to torch.compile as no options
+    # at all (not a dict), and pickled into the checkpoints, which weights_only then refused
+    calls = []
+    compile_module = nn.Module.compile
+    monkeypatch.setattr(nn.Module, "compile",
+                        lambda net, **kw: (calls.append(kw), compile_module(net, **kw)))
+    cfg = make_cfg("compile={backend:aot_eager}", "trainer.max_epochs=1", "data.num_workers=0",
+                   "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                   "+trainer.limit_test_batches=1")
+    assert math.isfinite(run(cfg)["test/acc1"])  # the test loaded the best checkpoint
+    assert calls == [{"backend": "aot_eager"}]
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["hyper_parameters"]["compile"] == {"backend": "aot_eager"}
+
+
 # ---------------------------------------------------------------- experiment files
 
 SMALL = ["model=cvt_tiny", "model.pretrained=null", "trainer=cpu",

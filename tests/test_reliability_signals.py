@@ -12,12 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
 from conftest import ROOT
 from cvt_lab.resume import find_resume_checkpoint
-from test_reliability_resume import TINY, run_in_process
+from test_reliability_resume import TINY, run_in_process, weights
 
 
 def wandb_ids(run_dir: Path) -> set[str]:
@@ -159,3 +160,39 @@ def test_slurm_requeue_under_ddp_with_the_signal_reaching_ranks_apart(tmp_path):
     (hpc,) = run_dir.glob("hpc_ckpt_*.ckpt")
     state = torch.load(hpc, weights_only=True)
     assert state["global_step"] >= 3 and state["optimizer_states"]
+
+
+class SigtermAtBatch(L.Callback):
+    """The process sends itself SIGTERM at the end of training batch ``batch`` (0-based)."""
+
+    def __init__(self, batch: int) -> None:
+        self.batch = batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if batch_idx == self.batch:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.slow
+def test_sigterm_inside_an_accumulation_group_stops_after_its_step_and_resumes_exactly(tmp_path):
+    # 6 batches of 4 with accumulate_grad_batches=2: steps after batches 1, 3, 5. A SIGTERM at
+    # batch 2 stopped right after it: the checkpoint counted batch 2 as done but its gradient
+    # (accumulated, not yet applied) was lost, and the resumed run stepped on batch 3 alone
+    common = ["logger=csv", *TINY, "trainer.limit_train_batches=6",
+              "trainer.accumulate_grad_batches=2", "trainer.max_epochs=1", "test=false",
+              "task_name=accumulate", f"paths.log_dir={tmp_path}/logs"]
+    stopped = tmp_path / "logs/accumulate/runs/1_stopped"
+    with pytest.raises(SystemExit) as exit_:
+        run_in_process([*common, "+callbacks.stop._target_=test_reliability_signals.SigtermAtBatch",
+                        "+callbacks.stop.batch=2"], stopped)
+    assert exit_.value.code == 143
+    state = torch.load(stopped / "checkpoints/last.ckpt", weights_only=True)
+    done = state["loops"]["fit_loop"]["epoch_loop.batch_progress"]["current"]["completed"]
+    assert (state["global_step"], done) == (2, 4)  # after the group's step, not inside it
+
+    resumed, straight = tmp_path / "logs/accumulate/runs/2_resumed", tmp_path / "straight"
+    run_in_process([*common, "resume=auto"], resumed)
+    run_in_process(common, straight)
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

@@ -86,7 +86,9 @@ def _check_precision(trainer: dict[str, Any]) -> None:
         raise HardwareError(
             f"trainer.precision={precision} (float16 autocast with a gradient scaler) needs a "
             "CUDA GPU; on the CPU use trainer.precision=bf16-mixed or 32-true")
-    if precision in BF16 and uses_gpu(trainer) and not torch.cuda.is_bf16_supported():
+    # (without including_emulation=False a pre-Ampere GPU passes: it can hold bf16 tensors)
+    if precision in BF16 and uses_gpu(trainer) and not torch.cuda.is_bf16_supported(
+            including_emulation=False):
         raise HardwareError(
             f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no "
             "bfloat16 support (it needs compute capability 8.0+, e.g. A100/H100); use "

@@ -181,13 +181,17 @@ class RunGuard(L.Callback):
                 f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch}): training stopped before this update; "
                 f"{self._kept(trainer)}. {FIXES}")
-        if sigterm:
+        if sigterm and not trainer.fit_loop.epoch_loop._should_accumulate():
             # set on every rank at this same step; Lightning raises SIGTERMException on each
-            # once the step is done (after validation, if one is due, which checks it too)
+            # once the step is done (after validation, if one is due, which checks it too).
+            # Inside an accumulation group it waits for the group's step: a checkpoint taken
+            # there would count the group's first batches as trained yet lose their gradients
             trainer._signal_connector.received_sigterm = True
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop._should_accumulate():  # (one process: set by the handler)
+            trainer._signal_connector.received_sigterm = False  # stop after the group's step
         # acted on after the optimizer step, so the checkpoint holds a whole step
         if self._requeue_agreed and not self._requeued:  # every rank: checkpoint, rank 0 requeues
             self._requeued = True

@@ -33,7 +33,8 @@ SIGTERM_EXIT = 128 + 15  # the shell's status for "terminated by SIGTERM": the r
 
 
 def plain(node: Any) -> Any:
-    return OmegaConf.to_container(node, resolve=True) if node is not None else None
+    """A config node as plain Python (dicts, lists); scalars and None pass through."""
+    return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
 def instantiate_all(group: DictConfig | None) -> list[Any]:
@@ -62,7 +63,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
         module = CvTModule(model=plain(cfg.model), optimizer=plain(cfg.optimizer),
                            scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
                            label_smoothing=cfg.augment.get("label_smoothing", 0.0),
-                           ema_decay=cfg.get("ema_decay"), compile=cfg.get("compile", False),
+                           ema_decay=cfg.get("ema_decay"), compile=plain(cfg.get("compile", False)),
                            channels_last=cfg.get("channels_last", False))
     except (OSError, CheckpointError) as err:  # the message says what is wrong with the weights
         if not cfg.model.get("pretrained"):
