@@ -146,6 +146,7 @@ def test_ddp_cpu_run_writes_one_run_and_reports_metrics_over_both_ranks(tmp_path
     assert out.count("Final metrics") == 1  # rank zero only
     # train/acc1 is gathered over the ranks: no Lightning advice to sync it
     assert "self.log('train/acc1', ..., sync_dist=True)" not in out
+    assert "self.log('train/img_per_sec', ..., sync_dist=True)" not in out  # averaged over ranks
 
     with open(run_dir / "csv" / "metrics.csv") as f:
         logged = [float(r["test/acc1"]) for r in csv.DictReader(f) if r.get("test/acc1")]

@@ -57,8 +57,9 @@ class TrainThroughput(L.Callback):
             torch.cuda.synchronize()
             self._seconds += sum(a.elapsed_time(b) for a, b in self._cuda_spans) / 1000.0
             self._cuda_spans = []
-        if self._seconds > 0:
-            pl_module.log("train/img_per_sec", self._images / self._seconds)
+        if self._seconds > 0:  # (the same on every rank: DDP ranks take the same batches)
+            # each rank's estimate is world x its own rate; their mean is the ranks' total rate
+            pl_module.log("train/img_per_sec", self._images / self._seconds, sync_dist=True)
 
 
 class BestCheckpoint(ModelCheckpoint):
