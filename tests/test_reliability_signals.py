@@ -102,11 +102,16 @@ def fake_scontrol(tmp_path: Path) -> str:
     return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
 
 
-def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):
+def one_slurm_task(tmp_path: Path, monkeypatch) -> None:
+    """The environment of a 1-task SLURM job (4242) with a recording ``scontrol``."""
     monkeypatch.setenv("PATH", fake_scontrol(tmp_path))
     for key, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "cvt", "SLURM_JOB_ID": "4242",
                        "SLURM_PROCID": "0", "SLURM_LOCALID": "0", "SLURM_NODEID": "0"}.items():
         monkeypatch.setenv(key, value)
+
+
+def test_slurm_sigusr1_saves_a_checkpoint_and_requeues_the_job(tmp_path, monkeypatch):
+    one_slurm_task(tmp_path, monkeypatch)
     logs = tmp_path / "logs"
     run_dir = logs / "slurm/runs/1"
     run_in_process(["logger=csv", *TINY, "trainer.max_epochs=1", "test=false", "task_name=slurm",
@@ -163,14 +168,14 @@ def test_slurm_requeue_under_ddp_with_the_signal_reaching_ranks_apart(tmp_path):
 
 
 class SigtermAtBatch(L.Callback):
-    """The process sends itself SIGTERM at the end of training batch ``batch`` (0-based)."""
+    """The process sends itself ``signal`` at the end of training batch ``batch`` (0-based)."""
 
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
+    def __init__(self, batch: int, signal: str = "SIGTERM") -> None:
+        self.batch, self.signal = batch, signal
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if batch_idx == self.batch:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), getattr(signal, self.signal))
 
 
 @pytest.mark.slow
@@ -196,3 +201,19 @@ def test_sigterm_inside_an_accumulation_group_stops_after_its_step_and_resumes_e
     a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
+def test_a_slurm_requeue_inside_an_accumulation_group_checkpoints_after_its_step(tmp_path,
+                                                                                 monkeypatch):
+    # Lightning's SIGUSR1 handler checkpointed at once, inside the group: the checkpoint
+    # counted batch 2 as done but lost its accumulated gradient (as SIGTERM did, above)
+    one_slurm_task(tmp_path, monkeypatch)
+    run_dir = tmp_path / "run"
+    run_in_process(["logger=csv", *TINY, "trainer.limit_train_batches=6",
+                    "trainer.accumulate_grad_batches=2", "trainer.max_epochs=1", "test=false",
+                    "+callbacks.usr1._target_=test_reliability_signals.SigtermAtBatch",
+                    "+callbacks.usr1.batch=2", "+callbacks.usr1.signal=SIGUSR1"], run_dir)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    state = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)
+    served = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches"]
+    assert (state["global_step"], served) == (2, 4)  # after the group's step, not inside it

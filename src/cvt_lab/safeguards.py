@@ -153,8 +153,10 @@ class RunGuard(L.Callback):
         self._sigterm_pending = self._requeue_pending = self._requeue_agreed = False
         self._requeued = False
         signal.signal(signal.SIGTERM, lambda signum, frame: self._note_sigterm(trainer, signum))
+        # Lightning's own requeue handler checkpoints inside the handler: at any batch of an
+        # accumulation group, and under DDP with a barrier a rank signalled late can hang on
         requeue = _slurm_requeue_signal(trainer)
-        if requeue is not None and trainer.world_size > 1:  # one process: Lightning's is safe
+        if requeue is not None:
             signal.signal(requeue, lambda signum, frame: setattr(self, "_requeue_pending", True))
 
     def _note_sigterm(self, trainer: L.Trainer, signum: int) -> None:
@@ -190,10 +192,13 @@ class RunGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer.fit_loop.epoch_loop._should_accumulate():  # (one process: set by the handler)
+        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()
+        if accumulating:  # (one process: set by the handler)
             trainer._signal_connector.received_sigterm = False  # stop after the group's step
-        # acted on after the optimizer step, so the checkpoint holds a whole step
-        if self._requeue_agreed and not self._requeued:  # every rank: checkpoint, rank 0 requeues
+        # acted on after the optimizer step, so the checkpoint holds a whole step; under DDP
+        # once all ranks agreed (at on_before_backward), every rank checkpoints, rank 0 requeues
+        requeue = self._requeue_agreed if trainer.world_size > 1 else self._requeue_pending
+        if requeue and not accumulating and not self._requeued:
             self._requeued = True
             trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
 
