@@ -40,6 +40,22 @@ def test_cifar100_local_copy_maps_columns_and_carves_a_fixed_val_split(fmt, make
     assert len({bytes(r["bytes"]) for r in list(splits["train"]["image"]) + list(splits["val"]["image"])}) == 20
 
 
+def test_embedded_splits_follow_val_size_and_test_size(make_cfg, tmp_path):
+    # the digits were always split 70/10/20: data.val_size / data.test_size were ignored, and
+    # the composed config said test_size: null ("test on val") for a separate test split
+    def sizes(*overrides):
+        splits = load_splits(data_cfg(make_cfg, tmp_path, *overrides))
+        return {k: len(v) for k, v in splits.items()}, splits
+
+    default, splits = sizes()
+    assert default == {"train": 1257, "val": 180, "test": 360}  # 70/10/20 of 1,797 digits
+    assert sizes("data.val_size=0.2")[0] == {"train": 1077, "val": 360, "test": 360}
+    assert sizes("data.val_size=100", "data.test_size=200")[0] == {"train": 1497, "val": 100, "test": 200}
+    no_test, again = sizes("data.test_size=null")
+    assert no_test == {"train": 1617, "val": 180, "test": 180}
+    assert list(again["test"]["image"]) == list(again["val"]["image"])  # null: test on val
+
+
 def test_cifar100_coarse_labels_are_selectable(make_cfg, tmp_path):
     cifar_like().save_to_disk(str(tmp_path / "cifar"))
     cfg = data_cfg(make_cfg, tmp_path, "data=cifar100", f"data.path={tmp_path / 'cifar'}",

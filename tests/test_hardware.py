@@ -181,3 +181,20 @@ def test_torchrun_processes_train_together_in_the_run_dir_they_are_given(tmp_pat
     assert "GLOBAL_RANK: 1, MEMBER: 2/2" in out
     assert out.count("Final metrics") == 1
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("cuda", [False, True])
+def test_tests_marked_gpu_are_skipped_only_without_cuda(cuda, monkeypatch):
+    # README and the marker say "skipped without CUDA", but nothing skipped them: a test
+    # marked gpu ran, and failed, on a CPU-only machine
+    from types import SimpleNamespace
+
+    from conftest import pytest_collection_modifyitems
+
+    items = [SimpleNamespace(keywords={"gpu": True}, marks=[]), SimpleNamespace(keywords={}, marks=[])]
+    for item in items:
+        item.add_marker = item.marks.append
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    pytest_collection_modifyitems(None, items)
+    assert [m.name for m in items[0].marks] == ([] if cuda else ["skip"])
+    assert items[1].marks == []

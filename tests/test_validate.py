@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from conftest import CONF, compose_config
@@ -168,3 +170,36 @@ def test_override_hint_names_the_bad_override_and_close_matches(overrides, hint)
 def test_override_hint_is_silent_when_the_command_line_composes():
     assert override_hint(["model=cvt13", "+trainer.limit_train_batches=3", "-m", "seed=1,2"],
                          conf=CONF) is None
+
+
+# docs/reliability.md, "Bad input is refused before any work": the config each example
+# message of its table comes from (rows whose example needs a checkpoint file are left out)
+DOC_EXAMPLE_CAUSES = {
+    "wrong type": ["data.batch_size=abc"],
+    "unknown key": ["+data.batchsize=32"],
+    "image smaller than the model's total stride": ["model=cvt13", "data.image_size=8"],
+    "class names vs classes": ["data.num_classes=12"],
+    "dataset classes vs `num_classes` (at data setup)": ["data.num_classes=12", "data.class_names=null"],
+    "contradictory modes": ["train=false"],
+}
+
+
+def doc_example_messages() -> dict[str, str]:
+    """problem -> the example message the table quotes ('...' stands for left-out text)."""
+    text = (CONF.parent / "docs" / "reliability.md").read_text()
+    section = text.split("## Bad input is refused before any work", 1)[1]
+    table = next(chunk for chunk in section.split("\n\n") if chunk.startswith("| problem"))
+    rows = [line.strip("|").split(" | ") for line in table.splitlines()[2:]]
+    return {problem.split(" (a typo")[0].strip(): example.strip().split("`")[1].replace("\\|", "|")
+            for problem, example in rows}  # (a | in a table cell is written \|)
+
+
+@pytest.mark.parametrize("problem", DOC_EXAMPLE_CAUSES)
+def test_the_reliability_doc_quotes_the_messages_the_checks_print(problem, tmp_path):
+    cfg = cfg_for(tmp_path, *DOC_EXAMPLE_CAUSES[problem])
+    with pytest.raises((ConfigError, DataSourceError)) as err:
+        validate(cfg)
+        ImageDataModule(dict(cfg.data), dict(cfg.augment), seed=0).setup("fit")
+    quoted = doc_example_messages()[problem]
+    pattern = ".*".join(re.escape(part.strip()) for part in quoted.split("..."))
+    assert re.match(pattern, str(err.value)), (quoted, str(err.value))

@@ -23,18 +23,23 @@ def _png_bytes(pixels: np.ndarray, size: int) -> bytes:
     return buf.getvalue()
 
 
-def load_digits_dataset(image_size: int = 32, val_fraction: float = 0.1,
-                        test_fraction: float = 0.2, seed: int = 0) -> DatasetDict:
-    """Stratified train/val/test splits of the digits, fixed by ``seed``."""
+def load_digits_dataset(image_size: int = 32, val_size: float | int = 0.1,
+                        test_size: float | int | None = 0.2, seed: int = 0) -> DatasetDict:
+    """Stratified train/val/test splits of the digits, fixed by ``seed``. The sizes are
+    fractions of all 1,797 images or counts; without ``test_size`` there is no test split
+    (the test then runs on val, as for any dataset without one)."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
     digits = load_digits()
     index = np.arange(len(digits.target))
-    rest, test = train_test_split(index, test_size=test_fraction, random_state=seed,
-                                  stratify=digits.target)
-    train, val = train_test_split(rest, test_size=val_fraction / (1 - test_fraction),
-                                  random_state=seed, stratify=digits.target[rest])
+    rest, test = index, None
+    if test_size:
+        rest, test = train_test_split(index, test_size=test_size, random_state=seed,
+                                      stratify=digits.target)
+    val_of_rest = val_size if val_size >= 1 else val_size * len(index) / len(rest)
+    train, val = train_test_split(rest, test_size=val_of_rest, random_state=seed,
+                                  stratify=digits.target[rest])
     features = Features({"image": Image(decode=False), "label": ClassLabel(names=DIGIT_NAMES)})
 
     def split(rows: np.ndarray) -> Dataset:
@@ -44,4 +49,7 @@ def load_digits_dataset(image_size: int = 32, val_fraction: float = 0.1,
             features=features,
         )
 
-    return DatasetDict(train=split(train), val=split(val), test=split(test))
+    splits = DatasetDict(train=split(train), val=split(val))
+    if test is not None:
+        splits["test"] = split(test)
+    return splits

@@ -31,7 +31,8 @@ def load_splits(cfg: dict[str, Any], seed: int = 0) -> DatasetDict | IterableDat
     if cfg.get("path"):
         splits = load_local(cfg["path"], cfg.get("streaming", False), cfg.get("cache_dir"))
     elif cfg["source"] == "embedded":
-        splits = load_digits_dataset(cfg["image_size"], seed=split_seed)
+        splits = load_digits_dataset(cfg["image_size"], cfg.get("val_size", 0.1),
+                                     cfg.get("test_size"), seed=split_seed)
     elif cfg["source"] == "hub":
         splits = load_hub(cfg)
     elif cfg["source"] == "folder":
