@@ -27,5 +27,6 @@ train: install  ## the main job on the embedded dataset (override with ARGS="mod
 test: install  ## the full non-GPU test suite
 	$(PY) -m pytest -q $(ARGS)
 
-clean:
-	rm -rf outputs multirun .pytest_cache
+clean:  # caches only: runs under logs/ are results, kept (delete them by hand)
+	rm -rf .pytest_cache .ruff_cache
+	find . -name __pycache__ -not -path "./$(VENV)/*" -prune -exec rm -rf {} +
