@@ -16,7 +16,8 @@ class Module:
         self.device = torch.device(device)
         self.logged: dict[str, float] = {}
 
-    def log(self, name: str, value: float) -> None:
+    def log(self, name: str, value: float, sync_dist: bool = False) -> None:
+        assert sync_dist  # under DDP: the mean over the ranks
         self.logged[name] = value
 
 
