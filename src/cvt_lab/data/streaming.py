@@ -62,14 +62,23 @@ class StreamingImages(torch.utils.data.IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         epoch, done = self.position.tolist()
         batches = self.length // self.batch_size
-        # every worker shuffles shards and buffer by the same epoch: the workers split the
-        # shuffled shards between them, so differing epochs would overlap their parts. Rows of
-        # batches already trained on are read (the stream has no random access), not decoded.
-        self.stream.set_epoch(epoch)
+        # rows of batches already trained on are read (the stream has no random access), not
+        # decoded
         first = len(range(worker, done, workers)) * self.batch_size
         quota = len(range(worker, batches, workers)) * self.batch_size
         for place, row in enumerate(islice(self._rows(), first, quota), start=first):
             yield self.decoder(row, random.Random(f"{self.seed}:{epoch}:{worker}:{place}"))
+
+    def start_pass(self, epoch: int, done: int) -> None:
+        """Set the pass the workers read next: ``epoch``'s shuffle, after ``done`` batches.
+
+        Called in the main process before the workers start: every worker must shuffle shards
+        and buffer by the same epoch (they split the shuffled shards between them), and the
+        stream keeps its epoch in memory it shares with them, where workers setting it each
+        raced (``datasets`` updates it with ``+=``, which is not atomic) and could skip one.
+        """
+        self.position.copy_(torch.tensor([epoch, done]))
+        self.stream.set_epoch(epoch)
 
     def _rows(self) -> Iterator[Any]:
         """This worker's part of the stream, read again from its start while more is wanted
@@ -108,7 +117,7 @@ class StreamingLoader(ResumableLoader):
         self._next_epoch = epoch + 1
         done = self._resume_at[1] if self._resume_at and self._resume_at[0] == epoch else 0
         self._resume_at = None
-        self.dataset.position.copy_(torch.tensor([epoch, done]))
+        self.dataset.start_pass(epoch, done)
         return epoch, done
 
     def _batches(self, done: int) -> Iterator[Any]:
