@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -281,3 +282,19 @@ def test_model_package_stands_alone():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, value, message", [
+    ("stride_kv", 0, "'stride_kv' got 0 in stage 0; a stride must be >= 1"),
+    ("stride_kv", -1, "'stride_kv' got -1 in stage 0; a stride must be >= 1"),  # hung
+    ("patch_stride", 0, "'patch_stride' got 0 in stage 0; a stride must be >= 1"),
+    ("padding_kv", -1, "'padding_kv' got -1 in stage 0; a padding must be >= 0"),
+    ("patch_size", 0, "'patch_size' got 0 in stage 0; a kernel size must be >= 1"),
+])
+def test_out_of_range_geometry_is_refused_by_name(name, value, message):
+    # stride_kv=-1 looped for ever looking for a size the network runs at (so did
+    # `run.py model.stride_kv=-1`), a zero stride failed with a bare ZeroDivisionError, and
+    # padding_kv=-1 claimed the model runs from 33 px, where PyTorch refuses negative padding
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("cvt_tiny", **{name: value})

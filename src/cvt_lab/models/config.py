@@ -142,6 +142,14 @@ class CvTConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
+        for names, what, low in ((("patch_size", "kernel_qkv"), "a kernel size", 1),
+                                 (("patch_stride", "stride_q", "stride_kv"), "a stride", 1),
+                                 (("patch_padding", "padding_q", "padding_kv"), "a padding", 0)):
+            for name in names:
+                for i, v in enumerate(getattr(self, name)):
+                    if v < low:
+                        raise ValueError(f"CvT option '{name}' got {v} in stage {i}; {what} "
+                                         f"must be >= {low}")
         # each block adds its attention output to its input token by token, so the q conv
         # ('dw_bn'; other methods project q linearly) must keep the token grid
         for i, method in enumerate(self.projection):
