@@ -298,3 +298,16 @@ def test_out_of_range_geometry_is_refused_by_name(name, value, message):
     # padding_kv=-1 claimed the model runs from 33 px, where PyTorch refuses negative padding
     with pytest.raises(ValueError, match=re.escape(message)):
         create_model("cvt_tiny", **{name: value})
+
+
+@pytest.mark.parametrize("overrides", [{"projection": "avg", "stride_kv": 3},
+                                       {"projection": "avg", "kernel_qkv": 1, "padding_q": 0,
+                                        "padding_kv": 0}])
+def test_attention_maps_name_the_pooled_kv_grid_the_attention_ran_over(overrides):
+    # ceil-mode pooling drops a last window that would start in the padding: the stated kv_hw
+    # was 8x8 where stage 1 attended over 7x7 keys (and count_macs counted the 8x8)
+    model = tiny(**overrides).eval()
+    _, maps = model.attention_maps(torch.randn(1, 3, 40, 36))
+    for m in maps:
+        kv_h, kv_w = m["kv_hw"]
+        assert m["attn"].shape[-1] == kv_h * kv_w + int(m["has_cls"]), (m["stage"], m["kv_hw"])

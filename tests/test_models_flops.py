@@ -64,6 +64,7 @@ def _hooked_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
 @pytest.mark.parametrize("overrides, size", [
     ({}, (32, 32)), ({}, (40, 56)), ({"stride_kv": 1, "cls_token": True}, (32, 48)),
     ({"projection": "avg"}, (40, 40)), ({"projection": "linear", "token_embed": "patch"}, (32, 40)),
+    ({"projection": "avg", "stride_kv": 3}, (40, 44)),  # a pooling window past the edge is dropped
     ({"mlp_ratio": 2.5, "stride_q": (1, 1, 1)}, (48, 32)),
 ])
 def test_analytic_count_equals_a_hooked_count(overrides, size):

@@ -170,9 +170,13 @@ class CvTConfig:
 
 
 def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
-    """Output length of a conv/pool along one axis."""
+    """Output length of a conv/pool along one axis (``ceil``: a ceil-mode pooling, which, as
+    PyTorch does, drops a last window that would start in the right padding)."""
     span = size + 2 * padding - kernel
-    return (-(-span // stride) if ceil else span // stride) + 1
+    if not ceil:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
 
 
 # Keys of a `model` config group (conf/model/) that choose or wrap a model, not shape it.
