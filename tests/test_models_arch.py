@@ -311,3 +311,13 @@ def test_attention_maps_name_the_pooled_kv_grid_the_attention_ran_over(overrides
     for m in maps:
         kv_h, kv_w = m["kv_hw"]
         assert m["attn"].shape[-1] == kv_h * kv_w + int(m["has_cls"]), (m["stage"], m["kv_hw"])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_images_are_refused_naming_the_conversion(dtype):
+    # a uint8 image batch (as decoded) failed inside the first conv with "Input type (unsigned
+    # char) and bias type (float) should be the same"
+    with pytest.raises(ValueError, match=re.escape(
+            f"CvT expects floating-point images; got {dtype}: convert and normalise them first, "
+            "e.g. (x.float() / 255 - mean) / std")):
+        tiny()(torch.zeros(1, 3, 32, 32, dtype=dtype))

@@ -371,6 +371,10 @@ class CvT(nn.Module):
             raise ValueError(
                 f"CvT expects images of shape (batch, {self.config.in_chans}, height, width); "
                 f"got {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise ValueError(
+                f"CvT expects floating-point images; got {x.dtype}: convert and normalise them "
+                "first, e.g. (x.float() / 255 - mean) / std")
         minimum = self.config.min_input_size
         if min(x.shape[-2:]) < minimum:
             raise ValueError(
