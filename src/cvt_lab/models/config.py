@@ -81,6 +81,14 @@ class CvTConfig:
                 return False
         return True
 
+    def check_input_size(self, h: int, w: int) -> None:
+        """ValueError naming the minimum unless an h x w image is large enough to run."""
+        minimum = self.min_input_size
+        if min(h, w) < minimum:
+            raise ValueError(
+                f"input of {h}x{w} px is too small for this model (total stride "
+                f"{self.total_stride}); the minimum size is {minimum}x{minimum} px")
+
     def embed_geometry(self, stage: int) -> tuple[int, int, int]:
         """(kernel, stride, padding) of a stage's token-embedding conv."""
         if self.token_embed[stage] == "patch":  # non-overlapping: kernel = stride, no padding

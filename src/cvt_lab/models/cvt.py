@@ -375,11 +375,7 @@ class CvT(nn.Module):
             raise ValueError(
                 f"CvT expects floating-point images; got {x.dtype}: convert and normalise them "
                 "first, e.g. (x.float() / 255 - mean) / std")
-        minimum = self.config.min_input_size
-        if min(x.shape[-2:]) < minimum:
-            raise ValueError(
-                f"input of {x.shape[-2]}x{x.shape[-1]} px is too small for this model (total "
-                f"stride {self.config.total_stride}); the minimum size is {minimum}x{minimum} px")
+        self.config.check_input_size(x.shape[-2], x.shape[-1])
 
     def forward_features(self, x: torch.Tensor, need_weights: bool = False
                          ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
