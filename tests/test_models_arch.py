@@ -321,3 +321,10 @@ def test_integer_images_are_refused_naming_the_conversion(dtype):
             f"CvT expects floating-point images; got {dtype}: convert and normalise them first, "
             "e.g. (x.float() / 255 - mean) / std")):
         tiny()(torch.zeros(1, 3, 32, 32, dtype=dtype))
+
+
+def test_an_empty_batch_gives_empty_logits():
+    # failed with "cannot reshape tensor of 0 elements into shape [0, -1, 32]"
+    model = tiny().eval()
+    assert model(torch.randn(0, 3, 32, 40)).shape == (0, 5)
+    assert model.attention_maps(torch.randn(0, 3, 32, 32))[1][-1]["attn"].shape == (0, 4, 17, 5)

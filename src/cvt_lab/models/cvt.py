@@ -181,7 +181,7 @@ class ConvAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, -1, c)  # (B, heads, N, d) -> (B, N, C)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], c)  # (B, heads, N, d) -> (B, N, C)
         return self.proj_drop(self.proj(out)), weights
 
 
