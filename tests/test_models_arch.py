@@ -328,3 +328,13 @@ def test_an_empty_batch_gives_empty_logits():
     model = tiny().eval()
     assert model(torch.randn(0, 3, 32, 40)).shape == (0, 5)
     assert model.attention_maps(torch.randn(0, 3, 32, 32))[1][-1]["attn"].shape == (0, 4, 17, 5)
+
+
+def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
+    # it built, then failed in the first forward (mid-run under run.py) with PyTorch's "pad
+    # should be at most half of effective kernel size"
+    with pytest.raises(ValueError, match=re.escape(
+            "stage 0: projection 'avg' pools k/v with kernel_qkv=3, which allows padding_kv <= 1 "
+            "(half the window); got padding_kv=2")):
+        tiny(projection=("avg", "dw_bn", "dw_bn"), padding_kv=2)
+    assert tiny(projection="linear", padding_kv=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)

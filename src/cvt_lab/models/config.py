@@ -162,6 +162,10 @@ class CvTConfig:
         # ('dw_bn'; other methods project q linearly) must keep the token grid
         for i, method in enumerate(self.projection):
             k, s, p = self.kernel_qkv[i], self.stride_q[i], self.padding_q[i]
+            if method == "avg" and self.padding_kv[i] > k // 2:  # PyTorch's pooling limit
+                raise ValueError(
+                    f"stage {i}: projection 'avg' pools k/v with kernel_qkv={k}, which allows "
+                    f"padding_kv <= {k // 2} (half the window); got padding_kv={self.padding_kv[i]}")
             if method == "dw_bn" and (s != 1 or 2 * p != k - 1):
                 raise ValueError(
                     f"stage {i}: stride_q={s}, padding_q={p} with kernel_qkv={k} would shrink the "
