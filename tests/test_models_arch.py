@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 import torch
@@ -281,3 +282,59 @@ def test_model_package_stands_alone():
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("name, value, message", [
+    ("stride_kv", 0, "'stride_kv' got 0 in stage 0; a stride must be >= 1"),
+    ("stride_kv", -1, "'stride_kv' got -1 in stage 0; a stride must be >= 1"),  # hung
+    ("patch_stride", 0, "'patch_stride' got 0 in stage 0; a stride must be >= 1"),
+    ("padding_kv", -1, "'padding_kv' got -1 in stage 0; a padding must be >= 0"),
+    ("patch_size", 0, "'patch_size' got 0 in stage 0; a kernel size must be >= 1"),
+])
+def test_out_of_range_geometry_is_refused_by_name(name, value, message):
+    # stride_kv=-1 looped for ever looking for a size the network runs at (so did
+    # `run.py model.stride_kv=-1`), a zero stride failed with a bare ZeroDivisionError, and
+    # padding_kv=-1 claimed the model runs from 33 px, where PyTorch refuses negative padding
+    with pytest.raises(ValueError, match=re.escape(message)):
+        create_model("cvt_tiny", **{name: value})
+
+
+@pytest.mark.parametrize("overrides", [{"projection": "avg", "stride_kv": 3},
+                                       {"projection": "avg", "kernel_qkv": 1, "padding_q": 0,
+                                        "padding_kv": 0}])
+def test_attention_maps_name_the_pooled_kv_grid_the_attention_ran_over(overrides):
+    # ceil-mode pooling drops a last window that would start in the padding: the stated kv_hw
+    # was 8x8 where stage 1 attended over 7x7 keys (and count_macs counted the 8x8)
+    model = tiny(**overrides).eval()
+    _, maps = model.attention_maps(torch.randn(1, 3, 40, 36))
+    for m in maps:
+        kv_h, kv_w = m["kv_hw"]
+        assert m["attn"].shape[-1] == kv_h * kv_w + int(m["has_cls"]), (m["stage"], m["kv_hw"])
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_integer_images_are_refused_naming_the_conversion(dtype):
+    # a uint8 image batch (as decoded) failed inside the first conv with "Input type (unsigned
+    # char) and bias type (float) should be the same"
+    with pytest.raises(ValueError, match=re.escape(
+            f"CvT expects floating-point images; got {dtype}: convert and normalise them first, "
+            "e.g. (x.float() / 255 - mean) / std")):
+        tiny()(torch.zeros(1, 3, 32, 32, dtype=dtype))
+
+
+def test_an_empty_batch_gives_empty_logits():
+    # failed with "cannot reshape tensor of 0 elements into shape [0, -1, 32]"
+    model = tiny().eval()
+    assert model(torch.randn(0, 3, 32, 40)).shape == (0, 5)
+    assert model.attention_maps(torch.randn(0, 3, 32, 32))[1][-1]["attn"].shape == (0, 4, 17, 5)
+
+
+def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
+    # it built, then failed in the first forward (mid-run under run.py) with PyTorch's "pad
+    # should be at most half of effective kernel size"
+    with pytest.raises(ValueError, match=re.escape(
+            "stage 0: projection 'avg' pools k/v with kernel_qkv=3, which allows padding_kv <= 1 "
+            "(half the window); got padding_kv=2")):
+        tiny(projection=("avg", "dw_bn", "dw_bn"), padding_kv=2)
+    assert tiny(projection="linear", padding_kv=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)

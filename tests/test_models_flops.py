@@ -64,6 +64,7 @@ def _hooked_macs(model: torch.nn.Module, x: torch.Tensor) -> int:
 @pytest.mark.parametrize("overrides, size", [
     ({}, (32, 32)), ({}, (40, 56)), ({"stride_kv": 1, "cls_token": True}, (32, 48)),
     ({"projection": "avg"}, (40, 40)), ({"projection": "linear", "token_embed": "patch"}, (32, 40)),
+    ({"projection": "avg", "stride_kv": 3}, (40, 44)),  # a pooling window past the edge is dropped
     ({"mlp_ratio": 2.5, "stride_q": (1, 1, 1)}, (48, 32)),
 ])
 def test_analytic_count_equals_a_hooked_count(overrides, size):
@@ -77,3 +78,11 @@ def test_breakdown_names_every_part():
     for i in range(3):
         assert {f"stage{i}.{p}" for p in ("embed", "conv_proj", "qkv", "attn", "proj", "mlp")} <= set(parts)
     assert "stage0.conv_proj" not in macs_breakdown(preset_config("cvt13", projection="linear"))
+
+
+def test_a_size_the_model_refuses_has_no_cost():
+    # count_macs(cvt_tiny, 4) gave 1.1 M MACs (and 0 px gave 0.6 M) for inputs the model refuses
+    for size in (4, (32, 7), 0):
+        with pytest.raises(ValueError, match="too small for this model .* minimum size is 8x8 px"):
+            count_macs(preset_config("cvt_tiny"), size)
+    assert count_macs(preset_config("cvt_tiny"), 8) > 0

@@ -81,6 +81,14 @@ class CvTConfig:
                 return False
         return True
 
+    def check_input_size(self, h: int, w: int) -> None:
+        """ValueError naming the minimum unless an h x w image is large enough to run."""
+        minimum = self.min_input_size
+        if min(h, w) < minimum:
+            raise ValueError(
+                f"input of {h}x{w} px is too small for this model (total stride "
+                f"{self.total_stride}); the minimum size is {minimum}x{minimum} px")
+
     def embed_geometry(self, stage: int) -> tuple[int, int, int]:
         """(kernel, stride, padding) of a stage's token-embedding conv."""
         if self.token_embed[stage] == "patch":  # non-overlapping: kernel = stride, no padding
@@ -142,10 +150,22 @@ class CvTConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
+        for names, what, low in ((("patch_size", "kernel_qkv"), "a kernel size", 1),
+                                 (("patch_stride", "stride_q", "stride_kv"), "a stride", 1),
+                                 (("patch_padding", "padding_q", "padding_kv"), "a padding", 0)):
+            for name in names:
+                for i, v in enumerate(getattr(self, name)):
+                    if v < low:
+                        raise ValueError(f"CvT option '{name}' got {v} in stage {i}; {what} "
+                                         f"must be >= {low}")
         # each block adds its attention output to its input token by token, so the q conv
         # ('dw_bn'; other methods project q linearly) must keep the token grid
         for i, method in enumerate(self.projection):
             k, s, p = self.kernel_qkv[i], self.stride_q[i], self.padding_q[i]
+            if method == "avg" and self.padding_kv[i] > k // 2:  # PyTorch's pooling limit
+                raise ValueError(
+                    f"stage {i}: projection 'avg' pools k/v with kernel_qkv={k}, which allows "
+                    f"padding_kv <= {k // 2} (half the window); got padding_kv={self.padding_kv[i]}")
             if method == "dw_bn" and (s != 1 or 2 * p != k - 1):
                 raise ValueError(
                     f"stage {i}: stride_q={s}, padding_q={p} with kernel_qkv={k} would shrink the "
@@ -162,9 +182,13 @@ class CvTConfig:
 
 
 def token_grid(size: int, kernel: int, stride: int, padding: int, ceil: bool = False) -> int:
-    """Output length of a conv/pool along one axis."""
+    """Output length of a conv/pool along one axis (``ceil``: a ceil-mode pooling, which, as
+    PyTorch does, drops a last window that would start in the right padding)."""
     span = size + 2 * padding - kernel
-    return (-(-span // stride) if ceil else span // stride) + 1
+    if not ceil:
+        return span // stride + 1
+    out = -(-span // stride) + 1
+    return out - 1 if (out - 1) * stride >= size + padding else out
 
 
 # Keys of a `model` config group (conf/model/) that choose or wrap a model, not shape it.

@@ -181,7 +181,7 @@ class ConvAttention(nn.Module):
         else:
             out = F.scaled_dot_product_attention(
                 q, k, v, dropout_p=self.attn_drop if self.training else 0.0, scale=self.scale)
-        out = out.transpose(1, 2).reshape(b, -1, c)  # (B, heads, N, d) -> (B, N, C)
+        out = out.transpose(1, 2).reshape(b, q.shape[2], c)  # (B, heads, N, d) -> (B, N, C)
         return self.proj_drop(self.proj(out)), weights
 
 
@@ -371,11 +371,11 @@ class CvT(nn.Module):
             raise ValueError(
                 f"CvT expects images of shape (batch, {self.config.in_chans}, height, width); "
                 f"got {tuple(x.shape)}")
-        minimum = self.config.min_input_size
-        if min(x.shape[-2:]) < minimum:
+        if not x.is_floating_point():
             raise ValueError(
-                f"input of {x.shape[-2]}x{x.shape[-1]} px is too small for this model (total "
-                f"stride {self.config.total_stride}); the minimum size is {minimum}x{minimum} px")
+                f"CvT expects floating-point images; got {x.dtype}: convert and normalise them "
+                "first, e.g. (x.float() / 255 - mean) / std")
+        self.config.check_input_size(x.shape[-2], x.shape[-1])
 
     def forward_features(self, x: torch.Tensor, need_weights: bool = False
                          ) -> tuple[torch.Tensor, list[dict[str, Any]]]:

@@ -44,6 +44,7 @@ def macs_breakdown(config_or_model: CvTConfig | CvT,
     """
     cfg = _as_config(config_or_model)
     h, w = _hw(img_size, cfg)
+    cfg.check_input_size(h, w)
     chans = cfg.in_chans
     parts: Counter[str] = Counter()
     for i in range(cfg.num_stages):
