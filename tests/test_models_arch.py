@@ -338,3 +338,19 @@ def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
             "(half the window); got padding_kv=2")):
         tiny(projection=("avg", "dw_bn", "dw_bn"), padding_kv=2)
     assert tiny(projection="linear", padding_kv=2)(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+
+
+@pytest.mark.parametrize(("knobs", "message"), [
+    ({"pos_embed": "false"}, "CvT option 'pos_embed' got 'false' (str) in stage 0; it takes true or false"),
+    ({"cls_token": (False, False, "no")}, "CvT option 'cls_token' got 'no' (str) in stage 2; it takes true or false"),
+    ({"embed_dims": (32.0, 64, 128)}, "CvT option 'embed_dims' got 32.0 (float) in stage 0; it takes an integer"),
+    ({"embed_dims": (0, 64, 128)}, "CvT option 'embed_dims' got 0 in stage 0; it must be > 0"),
+    ({"mlp_ratio": -1}, "CvT option 'mlp_ratio' got -1 in stage 0; it must be > 0"),
+    ({"activation": 1}, "CvT option 'activation' got 1 (int); it takes a string"),
+])
+def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):
+    # the string "false" counted as true (position embeddings on), a float width failed in
+    # torch.empty, a negative MLP ratio with "negative dimension"
+    with pytest.raises(ValueError) as err:
+        create_model("cvt_tiny", **knobs)
+    assert str(err.value) == message

@@ -8,6 +8,8 @@ means "the last stage", which is how the paper states it (0, 0, 0.1).
 from __future__ import annotations
 
 import dataclasses
+import numbers
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,6 +140,11 @@ class CvTConfig:
                     f"CvT option '{f.name}' has {len(getattr(self, f.name))} values but the "
                     f"model has {n} stages (depths={self.depths}); give one value per stage"
                 )
+            _check_type(f, getattr(self, f.name))
+        for name in ("embed_dims", "mlp_ratio"):
+            for i, v in enumerate(getattr(self, name)):
+                if v <= 0:
+                    raise ValueError(f"CvT option '{name}' got {v} in stage {i}; it must be > 0")
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if heads < 1:
                 raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
@@ -205,6 +212,24 @@ def architecture_overrides(model_cfg: dict[str, Any]) -> dict[str, Any]:
 
 def _is_per_stage(f: dataclasses.Field) -> bool:
     return str(f.type).startswith("tuple")
+
+
+# a field's (element) type -> (test, what it takes); bool is an int to Python: kept apart
+_TYPES = {"int": (lambda v: isinstance(v, numbers.Integral) and not isinstance(v, bool), "an integer"),
+          "float": (lambda v: isinstance(v, numbers.Real) and not isinstance(v, bool), "a number"),
+          "bool": (lambda v: isinstance(v, bool), "true or false"),
+          "str": (lambda v: isinstance(v, str), "a string")}
+
+
+def _check_type(f: dataclasses.Field, value: Any) -> None:
+    """Refuse a value of the wrong type by name (the string "false" would count as true)."""
+    kind = re.sub(r"^tuple\[(\w+), \.\.\.\]$", r"\1", str(f.type))
+    test, what = _TYPES[kind]
+    for i, v in enumerate(value if _is_per_stage(f) else (value,)):
+        if not test(v):
+            where = f" in stage {i}" if _is_per_stage(f) else ""
+            raise ValueError(f"CvT option '{f.name}' got {v!r} ({type(v).__name__}){where}; it "
+                             f"takes {what}")
 
 
 def _check_choice(name: str, values: tuple[str, ...], allowed: tuple[str, ...]) -> None:
