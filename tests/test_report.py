@@ -120,3 +120,23 @@ def test_a_job_rerun_in_its_old_dir_reports_its_own_outcome_only(tmp_path):
     run_job(cfg, lambda c: {"val/acc1_best": 0.5})
     (fixed,) = report.collect(tmp_path)
     assert (fixed.status, fixed.error, fixed.metrics) == ("ok", None, {"val/acc1_best": 0.5})
+
+
+def test_plot_labels_tell_apart_jobs_of_the_same_variant(monkeypatch):
+    # `variant=none,all seed=1,2,3` (docs/ablations.md): every bar of a variant was labelled
+    # just "none" or "all", so the plot could not say which seed a bar was
+    from matplotlib.axes import Axes
+
+    drawn = []
+    set_yticks = Axes.set_yticks
+    monkeypatch.setattr(Axes, "set_yticks", lambda ax, ticks, labels=None, **kw: (
+        drawn.append(list(labels or [])), set_yticks(ax, ticks, labels, **kw))[1])
+    jobs = [report.Job(name=str(i), overrides=["experiment=ablation/kv_stride", f"variant={v}",
+                                               f"seed={s}"], status="ok",
+                       metrics={"val/acc1_best": 0.5}, variant=v)
+            for i, (v, s) in enumerate([("stride1", 1), ("stride1", 2), ("stride2", 1)])]
+    report.to_png(jobs, "val/acc1_best", None)
+    assert drawn == [["stride1 seed=1", "stride1 seed=2", "stride2 seed=1"]]
+    drawn.clear()  # one job per variant: the variant alone, as before
+    report.to_png([jobs[0], jobs[2]], "val/acc1_best", None)
+    assert drawn == [["stride1", "stride2"]]

@@ -240,7 +240,9 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
     from matplotlib.figure import Figure  # no pyplot: the caller's backend is left alone
 
     varying = varying_overrides(jobs)
-    labels = [j.variant or " ".join(varying[j.name]) or j.name for j in jobs]
+    # the variant and what else tells the job apart (e.g. seed=2 for a repeated variant)
+    labels = [" ".join([*([j.variant] if j.variant else []), *varying[j.name]]) or j.name
+              for j in jobs]
     scale = 100 if "/acc" in metric else 1
     panels = [(metric + (" (%)" if scale == 100 else ""),
                [j.metrics.get(metric, math.nan) * scale for j in jobs]),
