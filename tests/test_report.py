@@ -140,3 +140,18 @@ def test_plot_labels_tell_apart_jobs_of_the_same_variant(monkeypatch):
     drawn.clear()  # one job per variant: the variant alone, as before
     report.to_png([jobs[0], jobs[2]], "val/acc1_best", None)
     assert drawn == [["stride1", "stride2"]]
+
+
+def test_a_metric_no_job_logged_is_refused_naming_the_logged_ones(tmp_path, capsys):
+    # --metric val/acc1_bst (a typo) wrote a report with an empty column and a blank plot
+    for job, acc in (("0", 0.5), ("1", 0.25)):
+        job_started_but_never_logged(tmp_path / job, f"seed={job}")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"val/acc1_best": acc,
+                                                                 "val/loss": 1.0}))
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    code, err = run_main(capsys, str(tmp_path), "--metric", "val/acc1_bst")
+    assert code == 2
+    assert err == (f"error: {tmp_path}: no job logged --metric val/acc1_bst; choose one they "
+                   "logged: val/acc1_best, val/loss\n")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    assert run_main(capsys, str(tmp_path), "--metric", "val/loss")[0] == 0

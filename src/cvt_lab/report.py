@@ -320,6 +320,10 @@ def report(root: Path, out_dir: Path | None = None, metric: str | None = None,
            wandb_mode: str = "auto") -> dict[str, Any]:
     """Collect, tabulate, plot and write; returns the written paths and the table."""
     jobs = collect(root)
+    if metric and not any(metric in j.metrics for j in jobs):  # a typo gave an empty column
+        logged = ", ".join(sorted({k for j in jobs for k in j.metrics}))
+        raise ReportError(f"{root}: no job logged --metric {metric}; choose one they logged: "
+                          f"{logged}")
     first_cfg = OmegaConf.load(find_job_dirs(root)[0] / ".hydra" / "config.yaml")
     metric = metric or first_cfg.get("optimized_metric") or "val/acc1_best"
     title = (first_cfg.get("ablation") or {}).get("table")
