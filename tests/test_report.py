@@ -155,3 +155,14 @@ def test_a_metric_no_job_logged_is_refused_naming_the_logged_ones(tmp_path, caps
                    "logged: val/acc1_best, val/loss\n")
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
     assert run_main(capsys, str(tmp_path), "--metric", "val/loss")[0] == 0
+
+
+def test_a_folder_of_different_ablations_is_not_titled_by_its_first_table(tmp_path):
+    # logs/ holding a kv_stride and a pos_embed sweep was titled "CvT Table 7: k/v projection
+    # stride" (the first job's table) over both tables' rows
+    for job, ablation in (("a/0", "kv_stride"), ("b/0", "pos_embed")):
+        job_started_but_never_logged(tmp_path / job, f"experiment=ablation/{ablation}")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"val/acc1_best": 0.5}))
+    assert report.report(tmp_path, wandb_mode="disabled")["markdown"].startswith("# Sweep report\n")
+    one = report.report(tmp_path / "a", wandb_mode="disabled")["markdown"]
+    assert one.startswith("# CvT Table 7: k/v projection stride\n")

@@ -53,6 +53,7 @@ class Job:
     macs: int | None = None
     error: str | None = None
     paper: dict[str, float] = field(default_factory=dict)  # e.g. {"top1": 81.6}
+    table: str | None = None  # the paper's table an ablation job belongs to (ablation.table)
 
 
 # --------------------------------------------------------------------------- reading
@@ -138,7 +139,7 @@ def read_job(job_dir: Path, root: Path) -> Job:
     return Job(name=str(job_dir.relative_to(root)) if job_dir != root else job_dir.name,
                overrides=overrides, status=status, metrics=metrics,
                variant=None if variant is None else str(variant), params=params, macs=macs,
-               error=error, paper=paper)
+               error=error, paper=paper, table=ablation.get("table"))
 
 
 def collect(root: Path) -> list[Job]:
@@ -326,7 +327,8 @@ def report(root: Path, out_dir: Path | None = None, metric: str | None = None,
                           f"{logged}")
     first_cfg = OmegaConf.load(find_job_dirs(root)[0] / ".hydra" / "config.yaml")
     metric = metric or first_cfg.get("optimized_metric") or "val/acc1_best"
-    title = (first_cfg.get("ablation") or {}).get("table")
+    tables = {j.table for j in jobs}  # a folder of several ablations has no one title
+    title = tables.pop() if len(tables) == 1 else None
     headers, rows = build_table(jobs, metric)
     markdown = to_markdown(headers, rows, jobs, root, metric, title)
     contents = {"report.md": markdown, "report.csv": to_csv(headers, rows),
