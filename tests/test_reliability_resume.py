@@ -280,33 +280,35 @@ def test_the_test_after_a_resume_uses_the_best_checkpoint_of_the_whole_run(one_e
     assert resumed["test/loss"] == pytest.approx(trained["test/loss"], abs=1e-6)
 
 
-def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch, tmp_path):
-    first, _ = one_epoch
-    last = first / "checkpoints/last.ckpt"
+def refused_evaluation(one_epoch, tmp_path: Path, *overrides: str) -> tuple[Path, str]:
+    """Evaluate the one-epoch run's last.ckpt under ``overrides``, which must be refused before
+    any logger starts: (that checkpoint, the ConfigError's message)."""
+    last = one_epoch[0] / "checkpoints/last.ckpt"
     with pytest.raises(ConfigError) as refused:
-        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}",
-                        "model.depths=[1,1,1]", "ema_decay=0.999"], tmp_path)
-    message = str(refused.value)
+        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}", *overrides],
+                       tmp_path)
+    assert not (tmp_path / "csv").exists()  # refused before any logger started
+    return last, str(refused.value)
+
+
+def test_a_checkpoint_of_another_model_is_refused_naming_what_differs(one_epoch, tmp_path):
+    last, message = refused_evaluation(one_epoch, tmp_path, "model.depths=[1,1,1]",
+                                       "ema_decay=0.999")
     assert message.startswith(f"ckpt_path={last} holds another model than this config builds")
     assert "model.depths=None (this config: [1, 1, 1])" in message
     assert "ema_decay=None (this config: 0.999)" in message
-    assert not (tmp_path / "csv").exists()  # refused before any logger started
 
 
 def test_a_checkpoint_of_another_network_with_the_same_weights_is_refused(one_epoch, tmp_path):
     # the activation and the strides leave no trace in the weights: a run fine-tuned from
     # transformers weights (exact GELU, chosen by model.pretrained) evaluated without
     # model.pretrained ran with QuickGELU, silently reporting another network's accuracy
-    first, _ = one_epoch
-    last = first / "checkpoints/last.ckpt"
-    with pytest.raises(ConfigError) as refused:
-        run_in_process(["logger=csv", *TINY, "train=false", f"ckpt_path={last}",
-                        "model.activation=gelu", "model.stride_kv=1"], tmp_path)
-    assert str(refused.value) == (
+    last, message = refused_evaluation(one_epoch, tmp_path, "model.activation=gelu",
+                                       "model.stride_kv=1")
+    assert message == (
         f"ckpt_path={last} was trained as another network than this config builds: "
         "model.stride_kv=[2, 2, 2] (this config: [1, 1, 1]); model.activation='quick_gelu' "
         "(this config: 'gelu'). Its weights fit, but the outputs would differ: set these "
         "values, or give the model overrides of its training run (its run dir's "
         ".hydra/overrides.yaml; a run from transformers weights takes model.activation=gelu "
         "from its model.pretrained)")
-    assert not (tmp_path / "csv").exists()
