@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-
 from contextlib import nullcontext
 from typing import Any
 
@@ -92,10 +91,10 @@ class CvTModule(L.LightningModule):
         # per-sample losses: with nan_strategy="disable" (a NaN loss stays NaN; the default
         # drops it with a warning) MeanMetric ignores its weight argument
         self.val_loss = MeanMetric(nan_strategy="disable")
+        self.test_loss = MeanMetric(nan_strategy="disable")
         # the epoch's mean training loss over every rank's batches (train/loss is each step's
         # value on rank 0 alone, as Lightning logs it without a collective per step)
         self.train_loss = MeanMetric(nan_strategy="disable")
-        self.test_loss = MeanMetric(nan_strategy="disable")
         self.val_acc1_best = MaxMetric()
         self._configured = False
 
