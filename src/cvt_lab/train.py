@@ -70,7 +70,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise
         raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {err}") from err
     check_checkpoint_fits(ckpt, ckpt_path, module)
-    if not cfg.train and ckpt_path is None:  # the published weights, as they are
+    tests_pretrained = not cfg.train and ckpt_path is None  # the published weights, as they are
+    if tests_pretrained:
         check_pretrained_head(module, datamodule.num_classes)
     del ckpt  # Lightning reads the weights itself
     loggers = instantiate_all(cfg.get("logger"))
@@ -113,7 +114,7 @@ def run(cfg: DictConfig) -> dict[str, float]:
          # without training, the best path is the one restored from ckpt_path's callback state
          "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
          "tested ckpt": ckpt_path if not cfg.train else None,
-         "tested weights": cfg.model.pretrained if not (cfg.train or ckpt_path) else None,
+         "tested weights": cfg.model.pretrained if tests_pretrained else None,
          "last ckpt": guard.last if guard.last.exists() else None,
          "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
