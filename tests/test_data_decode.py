@@ -36,11 +36,13 @@ def test_every_mode_becomes_rgb_with_the_right_colours():
         "RGBA": (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
         "CMYK": (Image.new("CMYK", (4, 4), (0, 0, 0, 0)), (255, 255, 255)),
         "I;16": (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+        # big-endian 16-bit (Motorola-order TIFF): 0x1234 -> 0x12, not a crash or swapped bytes
+        "I;16B": (Image.fromarray(np.full((4, 4), 0x1234, dtype=">u2")), (0x12, 0x12, 0x12)),
         "F in [0, 1]": (Image.new("F", (4, 4), 0.5), (128, 128, 128)),  # not black
         "F in 0-255": (Image.new("F", (4, 4), 77.0), (77, 77, 77)),
     }
     for name, (img, rgb) in cases.items():
-        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode in ("I;16", "F") else "PNG")
+        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode in ("I;16", "I;16B", "F") else "PNG")
         out = decode_image(encoded(img, fmt))
         assert out.mode == "RGB", name
         assert tuple(np.asarray(out)[1, 1]) == pytest.approx(rgb, abs=2), name

@@ -62,8 +62,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         return img
     if img.mode == "F":
         return _float_to_rgb(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit range, any byte order
+        high = np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(high).convert("RGB")  # 2-D uint8: mode L
     if img.mode == "P" and "transparency" in img.info:
         img = img.convert("RGBA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
