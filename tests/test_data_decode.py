@@ -28,12 +28,17 @@ def test_every_mode_becomes_rgb_with_the_right_colours():
     p.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
     p_transparent = p.copy()
     p_transparent.info["transparency"] = 1
+    # a transparent colour (PNG tRNS) on L and RGB, as PNG optimisers store a binary alpha
+    l_transparent, rgb_transparent = Image.new("L", (4, 4), 0), Image.new("RGB", (4, 4), (0, 0, 0))
+    l_transparent.info["transparency"], rgb_transparent.info["transparency"] = 0, (0, 0, 0)
     cases = {
         "L": (Image.new("L", (4, 4), 77), (77, 77, 77)),
         "LA": (Image.new("LA", (4, 4), (0, 0)), (255, 255, 255)),  # transparent -> white
         "P": (p, (200, 10, 10)),
         "P+transparency": (p_transparent, (255, 255, 255)),
         "RGBA": (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
+        "L+transparency": (l_transparent, (255, 255, 255)),
+        "RGB+transparency": (rgb_transparent, (255, 255, 255)),
         "CMYK": (Image.new("CMYK", (4, 4), (0, 0, 0, 0)), (255, 255, 255)),
         "I;16": (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
         # big-endian 16-bit (Motorola-order TIFF): 0x1234 -> 0x12, not a crash or swapped bytes
