@@ -136,8 +136,10 @@ def test_bad_local_path_is_named(make_cfg, tmp_path):
         load_splits({**cfg, "path": str(tmp_path / "empty")})
 
 
-def test_folder_with_train_val_test_subfolders(make_cfg, tmp_path):
-    root = make_folder(tmp_path / "pets", {"train": 4, "validation": 2, "test": 1})
+# valid/ (Roboflow's and many Kaggle exports' name) was ignored silently and val carved from train
+@pytest.mark.parametrize("val_folder", ["validation", "valid"])
+def test_folder_with_train_val_test_subfolders(make_cfg, tmp_path, val_folder):
+    root = make_folder(tmp_path / "pets", {"train": 4, val_folder: 2, "test": 1})
     cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
     dm = ImageDataModule(cfg, {})
     assert dm.num_classes == 3  # counted from the class folders before setup
