@@ -97,6 +97,29 @@ def test_images_smaller_than_the_crop_are_upscaled():
         assert out[:, 5, 5].tolist() == [1, 2, 3]
 
 
+def test_a_very_elongated_image_is_not_resized_whole_for_evaluation(monkeypatch):
+    # a 20000 x 2 image (40 k pixels) was resized whole to 2,560,000 x 256 to keep 224 x 224 of
+    # it: 3 GB and 17 s in a DataLoader worker, past the decompression-bomb guard
+    sizes = []
+    resize = Image.Image.resize
+
+    def recorded(self, size, *args, **kwargs):
+        sizes.append(size)
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 20000).astype(np.uint8), (2, 1))).convert("RGB")
+    out = EvalTransform(224, 0.875)(ramp)
+    assert out.shape == (3, 224, 224) and max(w * h for w, h in sizes) <= 64 * 224 * 224
+    assert out.float().mean().item() == pytest.approx(127.5, abs=1)  # the ramp's centre
+    # the crop is what resizing the whole image gives (here still small enough to compare)
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 3000).astype(np.uint8), (30, 1))).convert("RGB")
+    transform = EvalTransform(224, 0.875)
+    resized, box = transform.plan(*ramp.size)
+    whole = torch.from_numpy(np.asarray(resize(ramp, resized, Image.Resampling.BICUBIC).crop(box)))
+    assert (transform(ramp).permute(1, 2, 0).int() - whole.int()).abs().max() <= 1
+
+
 def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
     rows = [{"image": {"bytes": png_bytes(i), "path": None}, "label": i} for i in range(3)]
     rows[1]["image"] = {"bytes": b"junk", "path": "/data/train/cat/broken.jpg"}
