@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvt_lab.data import ImageDataModule, ImageDecodeError, decode_image
-from cvt_lab.data.datamodule import SampleDecoder, collate
+from cvt_lab.data import DataSourceError, ImageDataModule, ImageDecodeError, decode_image
+from cvt_lab.data.datamodule import ImageDataset, SampleDecoder, collate
 from cvt_lab.data.transforms import EvalTransform, TrainTransform
 from data_helpers import png_bytes
 
@@ -143,3 +143,19 @@ def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
         "from a batch but cannot make one of none; remove or replace them. The first: cannot decode "
         "/data/train/cat/broken.jpg")
     assert "set data.skip_corrupt" not in str(info.value)
+
+
+@pytest.mark.parametrize("label, error, message", [
+    (0, ImageDecodeError, "cannot decode /data/cat/broken.jpg: UnidentifiedImageError: "),
+    (5, DataSourceError, "label 5 of /data/cat/broken.jpg is outside [0, 3) (data.num_classes=3)")])
+def test_an_error_in_a_loader_worker_keeps_its_message_without_the_worker_traceback(label, error, message):
+    # with num_workers > 0 (data=folder's default: 4) run.py printed 'ImageDecodeError: Caught
+    # ImageDecodeError in DataLoader worker process 0. Original Traceback ...': 30 lines of the
+    # worker's traceback before the message, where the error is meant to be printed without one
+    rows = [{"image": {"bytes": b"junk", "path": "/data/cat/broken.jpg"}, "label": label}]
+    decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=3)
+    loader = torch.utils.data.DataLoader(ImageDataset(rows, decoder), num_workers=1, collate_fn=collate)
+    with pytest.raises(error) as info:
+        next(iter(loader))
+    assert str(info.value).startswith(message) and "Traceback" not in str(info.value)
+    assert str(info.value).endswith(("unreadable images", "(or fix the labels)"))

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import own_message
+
 SKIP_HINT = "set data.skip_corrupt=true to skip unreadable images"
 
 
@@ -17,7 +19,7 @@ class ImageDecodeError(ValueError):
     """An image that cannot be used; the message names the file and the fix."""
 
     def __init__(self, message: str, where: str = "") -> None:
-        super().__init__(message)
+        super().__init__(own_message(type(self), message))
         self.where = where
 
 
