@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from cvt_lab.data import ImageDataModule, ImageDecodeError, decode_image
-from cvt_lab.data.datamodule import SampleDecoder, collate
+from cvt_lab.data import DataSourceError, ImageDataModule, ImageDecodeError, decode_image
+from cvt_lab.data.datamodule import ImageDataset, SampleDecoder, collate
 from cvt_lab.data.transforms import EvalTransform, TrainTransform
 from data_helpers import png_bytes
 
@@ -28,19 +28,26 @@ def test_every_mode_becomes_rgb_with_the_right_colours():
     p.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
     p_transparent = p.copy()
     p_transparent.info["transparency"] = 1
+    # a transparent colour (PNG tRNS) on L and RGB, as PNG optimisers store a binary alpha
+    l_transparent, rgb_transparent = Image.new("L", (4, 4), 0), Image.new("RGB", (4, 4), (0, 0, 0))
+    l_transparent.info["transparency"], rgb_transparent.info["transparency"] = 0, (0, 0, 0)
     cases = {
         "L": (Image.new("L", (4, 4), 77), (77, 77, 77)),
         "LA": (Image.new("LA", (4, 4), (0, 0)), (255, 255, 255)),  # transparent -> white
         "P": (p, (200, 10, 10)),
         "P+transparency": (p_transparent, (255, 255, 255)),
         "RGBA": (Image.new("RGBA", (4, 4), (10, 20, 30, 255)), (10, 20, 30)),
+        "L+transparency": (l_transparent, (255, 255, 255)),
+        "RGB+transparency": (rgb_transparent, (255, 255, 255)),
         "CMYK": (Image.new("CMYK", (4, 4), (0, 0, 0, 0)), (255, 255, 255)),
         "I;16": (Image.new("I;16", (4, 4), 65535), (255, 255, 255)),
+        # big-endian 16-bit (Motorola-order TIFF): 0x1234 -> 0x12, not a crash or swapped bytes
+        "I;16B": (Image.fromarray(np.full((4, 4), 0x1234, dtype=">u2")), (0x12, 0x12, 0x12)),
         "F in [0, 1]": (Image.new("F", (4, 4), 0.5), (128, 128, 128)),  # not black
         "F in 0-255": (Image.new("F", (4, 4), 77.0), (77, 77, 77)),
     }
     for name, (img, rgb) in cases.items():
-        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode in ("I;16", "F") else "PNG")
+        fmt = "JPEG" if img.mode == "CMYK" else ("TIFF" if img.mode in ("I;16", "I;16B", "F") else "PNG")
         out = decode_image(encoded(img, fmt))
         assert out.mode == "RGB", name
         assert tuple(np.asarray(out)[1, 1]) == pytest.approx(rgb, abs=2), name
@@ -90,6 +97,29 @@ def test_images_smaller_than_the_crop_are_upscaled():
         assert out[:, 5, 5].tolist() == [1, 2, 3]
 
 
+def test_a_very_elongated_image_is_not_resized_whole_for_evaluation(monkeypatch):
+    # a 20000 x 2 image (40 k pixels) was resized whole to 2,560,000 x 256 to keep 224 x 224 of
+    # it: 3 GB and 17 s in a DataLoader worker, past the decompression-bomb guard
+    sizes = []
+    resize = Image.Image.resize
+
+    def recorded(self, size, *args, **kwargs):
+        sizes.append(size)
+        return resize(self, size, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "resize", recorded)
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 20000).astype(np.uint8), (2, 1))).convert("RGB")
+    out = EvalTransform(224, 0.875)(ramp)
+    assert out.shape == (3, 224, 224) and max(w * h for w, h in sizes) <= 64 * 224 * 224
+    assert out.float().mean().item() == pytest.approx(127.5, abs=1)  # the ramp's centre
+    # the crop is what resizing the whole image gives (here still small enough to compare)
+    ramp = Image.fromarray(np.tile(np.linspace(0, 255, 3000).astype(np.uint8), (30, 1))).convert("RGB")
+    transform = EvalTransform(224, 0.875)
+    resized, box = transform.plan(*ramp.size)
+    whole = torch.from_numpy(np.asarray(resize(ramp, resized, Image.Resampling.BICUBIC).crop(box)))
+    assert (transform(ramp).permute(1, 2, 0).int() - whole.int()).abs().max() <= 1
+
+
 def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
     rows = [{"image": {"bytes": png_bytes(i), "path": None}, "label": i} for i in range(3)]
     rows[1]["image"] = {"bytes": b"junk", "path": "/data/train/cat/broken.jpg"}
@@ -113,3 +143,19 @@ def test_skip_corrupt_drops_bad_images_from_the_batch_and_counts_them(caplog):
         "from a batch but cannot make one of none; remove or replace them. The first: cannot decode "
         "/data/train/cat/broken.jpg")
     assert "set data.skip_corrupt" not in str(info.value)
+
+
+@pytest.mark.parametrize("label, error, message", [
+    (0, ImageDecodeError, "cannot decode /data/cat/broken.jpg: UnidentifiedImageError: "),
+    (5, DataSourceError, "label 5 of /data/cat/broken.jpg is outside [0, 3) (data.num_classes=3)")])
+def test_an_error_in_a_loader_worker_keeps_its_message_without_the_worker_traceback(label, error, message):
+    # with num_workers > 0 (data=folder's default: 4) run.py printed 'ImageDecodeError: Caught
+    # ImageDecodeError in DataLoader worker process 0. Original Traceback ...': 30 lines of the
+    # worker's traceback before the message, where the error is meant to be printed without one
+    rows = [{"image": {"bytes": b"junk", "path": "/data/cat/broken.jpg"}, "label": label}]
+    decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=3)
+    loader = torch.utils.data.DataLoader(ImageDataset(rows, decoder), num_workers=1, collate_fn=collate)
+    with pytest.raises(error) as info:
+        next(iter(loader))
+    assert str(info.value).startswith(message) and "Traceback" not in str(info.value)
+    assert str(info.value).endswith(("unreadable images", "(or fix the labels)"))

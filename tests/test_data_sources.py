@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from datasets import Dataset, DatasetDict
+from datasets import Dataset, DatasetDict, Features, Value
 from omegaconf import OmegaConf
 
 from cvt_lab.data import DataSourceError, ImageDataModule, load_splits
@@ -136,8 +136,10 @@ def test_bad_local_path_is_named(make_cfg, tmp_path):
         load_splits({**cfg, "path": str(tmp_path / "empty")})
 
 
-def test_folder_with_train_val_test_subfolders(make_cfg, tmp_path):
-    root = make_folder(tmp_path / "pets", {"train": 4, "validation": 2, "test": 1})
+# valid/ (Roboflow's and many Kaggle exports' name) was ignored silently and val carved from train
+@pytest.mark.parametrize("val_folder", ["validation", "valid"])
+def test_folder_with_train_val_test_subfolders(make_cfg, tmp_path, val_folder):
+    root = make_folder(tmp_path / "pets", {"train": 4, val_folder: 2, "test": 1})
     cfg = data_cfg(make_cfg, tmp_path, "data=folder", f"data.root={root}")
     dm = ImageDataModule(cfg, {})
     assert dm.num_classes == 3  # counted from the class folders before setup
@@ -233,6 +235,28 @@ def test_negative_labels_say_unlabelled_not_a_class_count():
     decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=100)
     with pytest.raises(DataSourceError, match=r"label -1 of a row is negative: " + fix):
         decoder({"image": {"bytes": png_bytes(1), "path": None}, "label": -1})
+
+
+def test_labels_that_are_not_class_indices_are_refused_not_truncated():
+    # a float label column: 1.5 was truncated to class 1 silently, a missing label (None/NaN,
+    # as pandas writes it) failed with a bare 'cannot convert float NaN to integer'
+    def labels(values, dtype):
+        return Dataset.from_dict({"label": values}, features=Features({"label": Value(dtype)}))
+
+    check_labels(labels([0.0, 1.0, 2.0], "float64"), 3, "tiny/train")  # whole numbers are fine
+    fix = r"labels must be class indices 0 \.\. num_classes - 1; fix the label column \(data.label_column\)"
+    with pytest.raises(DataSourceError, match=r"labels of tiny/train include 1.5 \(row 1\), not a class index: " + fix):
+        check_labels(labels([0, 1.5, 2], "float64"), 3, "tiny/train")
+    missing = r"labels of tiny/train are missing in 2 row\(s\) \(the first: row 1\): every image needs its class index; "
+    for dtype in ("int64", "float64"):
+        with pytest.raises(DataSourceError, match=missing + r"drop the unlabelled rows"):
+            check_labels(labels([0, None, 1, None], dtype), 3, "tiny/train")
+    decoder = SampleDecoder(EvalTransform(8, 1.0), num_classes=3)  # streams: checked per row
+    image = {"bytes": png_bytes(1), "path": "s/0.png"}
+    assert decoder({"image": image, "label": 2.0})[1] == 2
+    for value, why in ((1.5, "1.5 of s/0.png is not a class index: " + fix), (None, "of s/0.png is missing")):
+        with pytest.raises(DataSourceError, match="label " + why):
+            decoder({"image": image, "label": value})
 
 
 def test_a_mapped_split_the_copy_lacks_is_refused_not_carved(make_cfg, tmp_path):

@@ -7,6 +7,7 @@ import random
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from datasets import Dataset, IterableDatasetDict
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -26,6 +27,10 @@ log = logging.getLogger(__name__)
 UNLABELLED_FIX = ("-1 marks an unlabelled row (as in many hub test splits), not a "
                   "class; map a labelled split there (data.splits.<split>=<name>, or null to carve "
                   "it from train), or fix the labels")
+MISSING_FIX = ("every image needs its class index; drop the unlabelled rows, or map a labelled "
+               "split there (data.splits.<split>=<name>, or null to carve it from train)")
+INDEX_FIX = ("labels must be class indices 0 .. num_classes - 1; fix the label column "
+             "(data.label_column)")
 
 
 class SampleDecoder:
@@ -52,9 +57,14 @@ class SampleDecoder:
 
     def __call__(self, row: dict[str, Any], rng: random.Random | None = None
                  ) -> tuple[torch.Tensor | None, Any]:
-        label = int(row["label"])
+        label = row["label"]
+        where = (row["image"] or {}).get("path") or "a row"
+        if self.num_classes is not None and (label is None or label != label):  # None, NaN
+            raise DataSourceError(f"label of {where} is missing: {MISSING_FIX}")
+        if self.num_classes is not None and label != int(label):
+            raise DataSourceError(f"label {label} of {where} is not a class index: {INDEX_FIX}")
+        label = int(label)
         if self.num_classes is not None and not 0 <= label < self.num_classes:
-            where = (row["image"] or {}).get("path") or "a row"
             if label < 0:
                 raise DataSourceError(f"label {label} of {where} is negative: {UNLABELLED_FIX}")
             raise DataSourceError(
@@ -250,6 +260,15 @@ def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
     labels = ds.select_columns(["label"]).with_format("numpy")[:]["label"]
     if len(labels) == 0:
         raise DataSourceError(f"dataset split {where} is empty")
+    values = labels.astype(np.float64)  # None (a missing label) -> NaN
+    missing = np.flatnonzero(np.isnan(values))
+    if missing.size:
+        raise DataSourceError(f"labels of {where} are missing in {missing.size} row(s) (the first: "
+                              f"row {missing[0]}): {MISSING_FIX}")
+    fractional = np.flatnonzero(values != np.floor(values))
+    if fractional.size:
+        raise DataSourceError(f"labels of {where} include {labels[fractional[0]]} (row "
+                              f"{fractional[0]}), not a class index: {INDEX_FIX}")
     low, high = int(labels.min()), int(labels.max())
     if low < 0:
         raise DataSourceError(f"labels of {where} include {low}: {UNLABELLED_FIX}")

@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from .errors import own_message
+
 SKIP_HINT = "set data.skip_corrupt=true to skip unreadable images"
 
 
@@ -17,7 +19,7 @@ class ImageDecodeError(ValueError):
     """An image that cannot be used; the message names the file and the fix."""
 
     def __init__(self, message: str, where: str = "") -> None:
-        super().__init__(message)
+        super().__init__(own_message(type(self), message))
         self.where = where
 
 
@@ -58,14 +60,15 @@ def decode_image(value: Any, max_pixels: int | None = None) -> Image.Image:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Every PIL mode to RGB: transparency composited on white, 16/32-bit scaled to 8-bit."""
+    if img.mode in ("P", "L", "RGB") and "transparency" in img.info:  # PNG tRNS, GIF
+        img = img.convert("RGBA")
     if img.mode == "RGB":
         return img
     if img.mode == "F":
         return _float_to_rgb(img)
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        return img.point(lambda v: v * (1 / 256)).convert("L").convert("RGB")
-    if img.mode == "P" and "transparency" in img.info:
-        img = img.convert("RGBA")
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):  # 16-bit range, any byte order
+        high = np.clip(np.asarray(img).astype(np.int64) >> 8, 0, 255).astype(np.uint8)
+        return Image.fromarray(high).convert("RGB")  # 2-D uint8: mode L
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))

@@ -1,7 +1,7 @@
 """A user's image folder -> DatasetDict via the ``imagefolder`` builder.
 
-Layout: ``root/<split>/<class>/<image>`` with split folders ``train``, ``val`` or
-``validation``, ``test`` (missing ones are carved from train later), or
+Layout: ``root/<split>/<class>/<image>`` with split folders ``train``, ``val``,
+``validation`` or ``valid``, ``test`` (missing ones are carved from train later), or
 ``root/<class>/<image>`` (every split carved). Class names are the train folder's
 subfolder names, sorted; label ``i`` is the ``i``-th name. The folder is listed (not
 decoded) first, so layout mistakes fail at setup with the path and the fix.
@@ -23,7 +23,7 @@ log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                     ".ppm", ".pgm", ".pbm", ".pnm", ".ico", ".tga"}
-SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation"), "test": ("test",)}
+SPLIT_FOLDERS = {"train": ("train",), "val": ("val", "validation", "valid"), "test": ("test",)}
 JUNK = {"thumbs.db", "desktop.ini"}  # OS litter, ignored silently (as are hidden files)
 
 

@@ -77,6 +77,8 @@ class TrainTransform:
 class EvalTransform:
     """Resize the short side to size / crop_pct, centre-crop ``size`` (or warp to size x size)."""
 
+    WHOLE_RESIZE_LIMIT = 64  # resize whole images up to this many crops' pixels (aspect ~50:1)
+
     def __init__(self, size: int, crop_pct: float = 0.875, warp: bool = False) -> None:
         self.size, self.crop_pct, self.warp = size, crop_pct, warp
 
@@ -100,6 +102,13 @@ class EvalTransform:
 
     def __call__(self, img: Image.Image, rng: random.Random | None = None) -> torch.Tensor:
         resized, box = self.plan(*img.size)
+        if resized[0] * resized[1] > self.WHOLE_RESIZE_LIMIT * self.size ** 2:
+            # a very elongated image (20000 x 2 px -> 2,560,000 x 256: gigabytes): resize only
+            # the part of it the crop keeps (the same sampling grid; PIL rounds a little differently)
+            sx, sy = img.width / resized[0], img.height / resized[1]
+            left, top, right, bottom = box
+            return to_uint8_tensor(img.resize((self.size, self.size), BICUBIC,
+                                              box=(left * sx, top * sy, right * sx, bottom * sy)))
         if resized != img.size:
             img = img.resize(resized, BICUBIC)
         return to_uint8_tensor(img.crop(box))
