@@ -65,6 +65,14 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("scheduler.warmup_steps=abc", "scheduler.warmup_steps='abc' (str) must be an integer >= 0, or "
                                    "null (use scheduler.warmup_epochs)"),
     ("scheduler.min_lr=abc", "scheduler.min_lr='abc' (str) must be a number >= 0 (an absolute lr)"),
+    # each failed in the batch-split check with a bare ZeroDivisionError or ValueError traceback
+    ("trainer.devices=0", "trainer.devices=0 (int) must be an integer >= 1, -1 or auto (all "
+                          "devices), or a list of device indices, e.g. [0,1]"),
+    ("trainer.devices=abc", "trainer.devices='abc' (str) must be an integer >= 1, -1 or auto (all "
+                            "devices), or a list of device indices, e.g. [0,1]"),
+    ("trainer.num_nodes=abc", "trainer.num_nodes='abc' (str) must be an integer >= 1"),
+    ("trainer.accumulate_grad_batches=0",
+     "trainer.accumulate_grad_batches=0 (int) must be an integer >= 1"),
 ])
 def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:

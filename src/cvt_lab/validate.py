@@ -91,6 +91,21 @@ def _scalar_or_per_stage(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or ok(v) or _numbers(None, ok)(v)
 
 
+def _devices(v: Any) -> bool:
+    """What ``lightning.Trainer(devices=...)`` takes: a count, -1/auto, or device indices."""
+    if isinstance(v, str) and "," in v:  # "0,1" (indices)
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, str):
+        v = v.strip()
+        if v == "auto":
+            return True
+        v = int(v) if v.lstrip("-").isdigit() else v
+    if OmegaConf.is_list(v) or isinstance(v, (list, tuple)):
+        return len(v) > 0 and all(_is_int(x) and x >= 0 for x in v)
+    return _is_int(v) and (v >= 1 or v == -1)
+
+
 _PROB = (_in(0, 1), "a number in [0, 1]")
 _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
          "a number in [0, 1) or one per stage, e.g. [0,0,0.1] (null: the preset's)")
@@ -106,6 +121,10 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          "an integer >= 2 (or null with data=folder: one class per folder)"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
+    "trainer.devices": (_devices, "an integer >= 1, -1 or auto (all devices), or a list of "
+                                  "device indices, e.g. [0,1]"),
+    "trainer.num_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.name": (lambda v: v in OPTIMIZERS, one_of(OPTIMIZERS)),
