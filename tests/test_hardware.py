@@ -121,6 +121,8 @@ def test_world_size_counts_devices_times_nodes():
     assert world_size({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
     assert world_size({"accelerator": "cpu", "devices": "auto"}) == 1
     assert world_size({"accelerator": "cpu", "devices": [0, 1, 2]}) == 3
+    # as run.py passes it: a list from the command line is an OmegaConf ListConfig
+    assert world_size(compose_config(["trainer.devices=[0,1]"]).trainer) == 2
 
 
 def test_run_rejects_a_bad_batch_split_before_any_work(make_cfg, tmp_path):

@@ -14,7 +14,7 @@ import shutil
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .validate import ConfigError
 
@@ -39,7 +39,7 @@ def devices_per_node(trainer: dict[str, Any]) -> int:
     """How many processes Lightning starts per node for ``trainer.devices``."""
     devices = trainer.get("devices", "auto")
     gpu = uses_gpu(trainer)
-    if isinstance(devices, (list, tuple)):
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         return len(devices)
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])
