@@ -30,7 +30,9 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("optimizer.lr=-1", "optimizer.lr=-1 (int) must be a number > 0"),
     ("optimizer.lr=nan", "optimizer.lr=nan (float) must be a number > 0"),
     ("augment.label_smoothing=1.5", "augment.label_smoothing=1.5 (float) must be a number in [0, 1)"),
-    ("seed=1.5", "seed=1.5 (float) must be an integer"),
+    ("seed=1.5", "seed=1.5 (float) must be an integer in [0, 4294967295]"),
+    # passed, then stopped run.py with Lightning's traceback ('-1 is not in bounds')
+    ("seed=-1", "seed=-1 (int) must be an integer in [0, 4294967295]"),
     ("data.num_classes=1",  # passed, then failed inside torchmetrics
      "data.num_classes=1 (int) must be an integer >= 2 (or null with data=folder: one class per folder)"),
     ("optimizer.name=adam", "optimizer.name='adam' (str) must be adamw or sgd"),

@@ -112,7 +112,7 @@ _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
 
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (_is_int, "an integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"an integer in [0, {2**32 - 1}]"),  # numpy's
     "train": (_is_bool, "true or false"),
     "test": (_is_bool, "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
