@@ -61,6 +61,8 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
      "augment.randaugment.magnitude=12 (int) must be a number in [0, 10] (timm's scale; paper: 9)"),
     ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
                               "(optimizer.lr is absolute)"),
+    # passed, then failed in trainer.fit (data loaded) with torch's 'Invalid epsilon value: -1'
+    ("optimizer.eps=-1", "optimizer.eps=-1 (int) must be a number >= 0"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),
     ("optimizer=sgd optimizer.momentum=abc", "optimizer.momentum='abc' (str) must be a number >= 0"),
     ("scheduler.warmup_epochs=abc", "scheduler.warmup_epochs='abc' (str) must be a number >= 0"),

@@ -162,6 +162,7 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.randaugment.prob": _PROB,
     "optimizer.ref_batch": (_optional(lambda v: _is_int(v) and v > 0),
                             "an integer > 0, or null (optimizer.lr is absolute)"),
+    "optimizer.eps": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.betas": (_numbers(2, lambda x: 0 <= x < 1), "2 numbers in [0, 1), e.g. [0.9,0.999]"),
     "optimizer.momentum": (_in(0, math.inf), "a number >= 0"),
     "optimizer.nesterov": (_is_bool, "true or false"),
