@@ -62,6 +62,10 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
                               "(optimizer.lr is absolute)"),
     # passed, then failed in trainer.fit (data loaded) with torch's 'Invalid epsilon value: -1'
+    # Lightning took any string: a typo ran non-deterministic kernels without a word
+    ("trainer.deterministic=ture",
+     "trainer.deterministic='ture' (str) must be true, false or warn (deterministic kernels, "
+     "warning where there is none)"),
     ("optimizer.eps=-1", "optimizer.eps=-1 (int) must be a number >= 0"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),
     ("optimizer=sgd optimizer.momentum=abc", "optimizer.momentum='abc' (str) must be a number >= 0"),

@@ -121,6 +121,9 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          "an integer >= 2 (or null with data=folder: one class per folder)"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
+    "trainer.deterministic": (lambda v: v is None or _is_bool(v) or v == "warn",
+                              "true, false or warn (deterministic kernels, warning where there "
+                              "is none)"),
     "trainer.devices": (_devices, "an integer >= 1, -1 or auto (all devices), or a list of "
                                   "device indices, e.g. [0,1]"),
     "trainer.num_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
