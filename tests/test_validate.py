@@ -174,6 +174,11 @@ def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
      "Hint: 'trainer.max_epoch' is not a key of 'trainer'. Did you mean trainer.max_epochs?"),
     (["trainer.limit_train_batch=3"],
      "Hint: 'trainer.limit_train_batch' is not a key of 'trainer'. Did you mean +trainer.limit_train_batches"),
+    # a Trainer argument the trainer config does not set (the fix an error message gives):
+    # it was offered trainer.max_epochs, a different knob
+    (["trainer.max_steps=100"],
+     "Hint: 'trainer.max_steps' is a lightning.Trainer argument this trainer config does not "
+     "set: add it with a +, as +trainer.max_steps=100"),
     (["data.batchsize=3"], "Hint: 'data.batchsize' is not a key of 'data'. Did you mean data.batch_size?"),
     (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
     (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),

@@ -483,6 +483,9 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
         flat = _flat_keys(base)
         close = difflib.get_close_matches(key, flat, n=3)
         return f"Hint: '{key}' is not a config key." + (f" Did you mean {', '.join(close)}?" if close else "")
+    if parent_key == "trainer" and leaf in trainer_keys():  # right name, but needs the +
+        return (f"Hint: '{key}' is a lightning.Trainer argument this trainer config does not "
+                f"set: add it with a +, as +{override.input_line}")
     keys = sorted(str(k) for k in parent.keys())
     close = difflib.get_close_matches(leaf, keys, n=3)
     where = f"'{parent_key}'" if parent_key else "the top level"
