@@ -141,6 +141,16 @@ def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     assert str(err.value).startswith(message)
 
 
+@pytest.mark.parametrize(("overrides", "fix"), [
+    (["trainer.max_epochs=-1"], "+trainer.max_steps"),  # not in trainer/cpu.yaml: needs the +
+    (["trainer.max_epochs=-1", "+trainer.max_steps=-1"], "trainer.max_steps")])
+def test_the_fix_for_an_endless_run_is_an_override_hydra_accepts(overrides, fix, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, *overrides))
+    assert str(err.value).endswith(f"the lr schedule is laid out over the run's length: set "
+                                   f"{fix}=<optimizer steps> or trainer.max_epochs=<epochs>")
+
+
 def test_a_384_px_preset_at_another_resolution_or_with_a_crop_is_flagged(tmp_path, caplog):
     validate(cfg_for(tmp_path, "model=cvt13_384"))  # data=embedded: 32 px
     assert ("model=cvt13_384 is the 384 px preset (its weights were fine-tuned at 384 px and are "

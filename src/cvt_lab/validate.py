@@ -209,9 +209,10 @@ def _check_run_mode(cfg: DictConfig) -> None:
     trainer = cfg.get("trainer") or {}
     if (cfg.train and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
             and not trainer.get("fast_dev_run")):
+        steps = "trainer.max_steps" if "max_steps" in trainer else "+trainer.max_steps"  # Hydra's +
         raise ConfigError("trainer.max_epochs=-1 without trainer.max_steps trains without end, but "
-                          "the lr schedule is laid out over the run's length: set "
-                          "trainer.max_steps=<optimizer steps> or trainer.max_epochs=<epochs>")
+                          f"the lr schedule is laid out over the run's length: set {steps}="
+                          "<optimizer steps> or trainer.max_epochs=<epochs>")
 
 
 def _check_model(cfg: DictConfig) -> None:
