@@ -134,6 +134,11 @@ def test_class_names_must_match_num_classes(tmp_path):
     (["resume=yes"], "resume='yes': use resume=auto"),
     (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 without trainer.max_steps trains without end"),
+    # ran, trained nothing, tested the untrained weights and exited 0 with their accuracy
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, and the test would measure "
+                               "untrained weights: set trainer.max_epochs>=1, or evaluate a "
+                               "checkpoint with train=false ckpt_path=<file.ckpt>"),
+    (["+trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
 ])
 def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     with pytest.raises(ConfigError) as err:

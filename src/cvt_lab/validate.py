@@ -207,6 +207,11 @@ def _check_run_mode(cfg: DictConfig) -> None:
         raise ConfigError("train=false test=false would run nothing: set test=true to evaluate "
                           "the weights, or train=true to train")
     trainer = cfg.get("trainer") or {}
+    for length in ("max_epochs", "max_steps"):
+        if cfg.train and trainer.get(length) == 0 and not trainer.get("fast_dev_run"):
+            raise ConfigError(f"trainer.{length}=0 trains nothing, and the test would measure "
+                              f"untrained weights: set trainer.{length}>=1, or evaluate a "
+                              "checkpoint with train=false ckpt_path=<file.ckpt>")
     if (cfg.train and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
             and not trainer.get("fast_dev_run")):
         steps = "trainer.max_steps" if "max_steps" in trainer else "+trainer.max_steps"  # Hydra's +
