@@ -135,6 +135,12 @@ def test_class_names_must_match_num_classes(tmp_path):
     (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 without trainer.max_steps trains without end"),
     # ran, trained nothing, tested the untrained weights and exited 0 with their accuracy
+    # every job of the sweep continued the newest single run of the task, not its own point
+    (["resume=auto", "hydra.mode=MULTIRUN"],
+     "resume=auto does not work in a multirun (-m): every job would continue the newest single "
+     "run of task_name=train (multirun jobs are not searched), not its own sweep point. Resume "
+     "a job as a single run: its overrides (<job dir>/.hydra/overrides.yaml) plus "
+     "ckpt_path=<job dir>/checkpoints/last.ckpt"),
     (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, and the test would measure "
                                "untrained weights: set trainer.max_epochs>=1, or evaluate a "
                                "checkpoint with train=false ckpt_path=<file.ckpt>"),

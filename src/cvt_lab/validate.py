@@ -198,6 +198,14 @@ def _check_run_mode(cfg: DictConfig) -> None:
                           "checkpoint) or give the file with ckpt_path=<file.ckpt>")
     if resume == "auto" and cfg.get("ckpt_path"):
         raise ConfigError("give either resume=auto or ckpt_path=<file.ckpt>, not both")
+    from .sweep import is_multirun
+
+    if resume == "auto" and is_multirun():  # its search is over single runs (logs/<task>/runs)
+        raise ConfigError(
+            "resume=auto does not work in a multirun (-m): every job would continue the newest "
+            f"single run of task_name={cfg.task_name} (multirun jobs are not searched), not its "
+            "own sweep point. Resume a job as a single run: its overrides (<job "
+            "dir>/.hydra/overrides.yaml) plus ckpt_path=<job dir>/checkpoints/last.ckpt")
     if resume == "auto" and not cfg.train:
         raise ConfigError("resume=auto continues training: it needs train=true")
     if not cfg.train and not cfg.get("ckpt_path") and not (cfg.get("model") or {}).get("pretrained"):
