@@ -114,3 +114,11 @@ def test_wandb_set_up_but_unreachable_logs_offline_instead_of_failing_the_run(tm
         "upload it later with `wandb sync <that folder>`. Set WANDB_MODE=offline (or "
         "logger.wandb.mode=offline) to skip the attempt")
     assert SENTINEL not in message
+
+
+def test_the_summary_names_no_wandb_folder_when_wandb_is_disabled(tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=disabled writes nothing, yet the summary listed a W&B folder under /tmp."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_in_process(["logger=default", *TINY, "trainer.max_epochs=1", "test=false"], tmp_path)
+    outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
+    assert "csv" in outputs and "wandb" not in outputs, outputs
