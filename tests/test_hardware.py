@@ -49,6 +49,10 @@ def test_settings_that_run_here_pass(overrides):
     (["trainer.precision=16-mixed"],
      "trainer.precision=16-mixed (float16 autocast with a gradient scaler) needs a CUDA GPU; "
      "on the CPU use trainer.precision=bf16-mixed or 32-true"),
+    # failed only at Trainer(...), after the model (and any pretrained weights) was built
+    (["trainer.precision=17"],
+     "trainer.precision=17 is not a precision Lightning knows; use one of 32-true, bf16-mixed, "
+     "16-mixed (GPU), bf16-true, 16-true, 64-true"),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"],
      "trainer.sync_batchnorm=true needs GPUs"),
     (["trainer=ddp_cpu", "hydra.mode=MULTIRUN"],
