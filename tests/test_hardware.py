@@ -49,6 +49,10 @@ def test_settings_that_run_here_pass(overrides):
     (["trainer.precision=16-mixed"],
      "trainer.precision=16-mixed (float16 autocast with a gradient scaler) needs a CUDA GPU; "
      "on the CPU use trainer.precision=bf16-mixed or 32-true"),
+    # failed only at Trainer(...), after the model (and any pretrained weights) was built
+    (["trainer.precision=17"],
+     "trainer.precision=17 is not a precision Lightning knows; use one of 32-true, bf16-mixed, "
+     "16-mixed (GPU), bf16-true, 16-true, 64-true"),
     (["trainer=ddp_cpu", "trainer.sync_batchnorm=true"],
      "trainer.sync_batchnorm=true needs GPUs"),
     (["trainer=ddp_cpu", "hydra.mode=MULTIRUN"],
@@ -121,6 +125,8 @@ def test_world_size_counts_devices_times_nodes():
     assert world_size({"accelerator": "cpu", "devices": 2, "num_nodes": 3}) == 6
     assert world_size({"accelerator": "cpu", "devices": "auto"}) == 1
     assert world_size({"accelerator": "cpu", "devices": [0, 1, 2]}) == 3
+    # as run.py passes it: a list from the command line is an OmegaConf ListConfig
+    assert world_size(compose_config(["trainer.devices=[0,1]"]).trainer) == 2
 
 
 def test_run_rejects_a_bad_batch_split_before_any_work(make_cfg, tmp_path):

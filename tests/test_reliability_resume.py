@@ -191,6 +191,20 @@ def test_resume_auto_takes_the_newest_usable_checkpoint_of_the_same_task(tmp_pat
     assert find_resume_checkpoint(logs, "new_task") is None
 
 
+def test_resume_auto_with_only_unreadable_checkpoints_refuses_to_start_afresh(tmp_path):
+    """It said 'no checkpoint under ... yet: starting a fresh run', throwing the run's
+    progress away (a requeued job would train from scratch) and contradicting its warning."""
+    logs = tmp_path / "logs"
+    bad = fake_checkpoint(logs / "cvt/runs/a/checkpoints/last.ckpt", age_s=100, good=False)
+    with pytest.warns(UserWarning, match="resume=auto: skipping"), \
+            pytest.raises(ConfigError) as err:
+        find_resume_checkpoint(logs, "cvt")
+    assert str(err.value) == (
+        f"resume=auto: no usable checkpoint under {logs / 'cvt/runs'}: 1 found, none readable "
+        f"({bad}; the warnings above say why). Resume from another file with ckpt_path=<file>, "
+        "or start a fresh run without resume=auto (or with another task_name)")
+
+
 def test_train_order_depends_only_on_seed_and_epoch():
     data = list(range(40))
     order = lambda epoch, seed=0: (s := ResumableSampler(data, seed=seed), s.set_epoch(epoch), list(s))[2]

@@ -80,3 +80,45 @@ def test_secrets_never_reach_configs_logs_or_checkpoints(three_runs):
     assert any(p.suffix == ".ckpt" for p in files) and any(p.suffix == ".wandb" for p in files)
     leaking = [str(p.relative_to(root)) for p in files if SENTINEL.encode() in p.read_bytes()]
     assert leaking == []
+
+
+def test_wandb_set_up_but_unreachable_logs_offline_instead_of_failing_the_run(tmp_path, monkeypatch):
+    """An API key in the environment (mode auto -> online) on a node without network: W&B
+    gave up after 90 s and the run died with CommError; it now goes on offline, saying so."""
+    import wandb
+
+    from cvt_lab.loggers import wandb_logger
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_API_KEY", SENTINEL * 3)
+    init = wandb.init
+
+    def no_server(**kwargs):  # what wandb.init raises when it cannot reach its server
+        if kwargs.get("mode") == "online":
+            raise wandb.errors.CommError("Failed to get resume status for run x: context "
+                                         "deadline exceeded")
+        return init(**kwargs)
+
+    monkeypatch.setattr(wandb, "init", no_server)
+    with pytest.warns(UserWarning) as warned:
+        logger = wandb_logger(save_dir=str(tmp_path), project="cvt-lab", name="t")
+    try:
+        assert logger.experiment.offline
+        assert logger.experiment.dir.startswith(str(tmp_path / "wandb" / "offline-run-"))
+    finally:
+        wandb.finish()
+    (message,) = [str(w.message) for w in warned if "W&B" in str(w.message)]
+    assert message == (
+        "W&B could not start an online run (CommError: Failed to get resume status for run x: "
+        f"context deadline exceeded): logging offline to {tmp_path}/wandb/offline-run-* instead; "
+        "upload it later with `wandb sync <that folder>`. Set WANDB_MODE=offline (or "
+        "logger.wandb.mode=offline) to skip the attempt")
+    assert SENTINEL not in message
+
+
+def test_the_summary_names_no_wandb_folder_when_wandb_is_disabled(tmp_path, monkeypatch, capsys):
+    """WANDB_MODE=disabled writes nothing, yet the summary listed a W&B folder under /tmp."""
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    run_in_process(["logger=default", *TINY, "trainer.max_epochs=1", "test=false"], tmp_path)
+    outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
+    assert "csv" in outputs and "wandb" not in outputs, outputs

@@ -30,7 +30,9 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("optimizer.lr=-1", "optimizer.lr=-1 (int) must be a number > 0"),
     ("optimizer.lr=nan", "optimizer.lr=nan (float) must be a number > 0"),
     ("augment.label_smoothing=1.5", "augment.label_smoothing=1.5 (float) must be a number in [0, 1)"),
-    ("seed=1.5", "seed=1.5 (float) must be an integer"),
+    ("seed=1.5", "seed=1.5 (float) must be an integer in [0, 4294967295]"),
+    # passed, then stopped run.py with Lightning's traceback ('-1 is not in bounds')
+    ("seed=-1", "seed=-1 (int) must be an integer in [0, 4294967295]"),
     ("data.num_classes=1",  # passed, then failed inside torchmetrics
      "data.num_classes=1 (int) must be an integer >= 2 (or null with data=folder: one class per folder)"),
     ("optimizer.name=adam", "optimizer.name='adam' (str) must be adamw or sgd"),
@@ -59,12 +61,26 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
      "augment.randaugment.magnitude=12 (int) must be a number in [0, 10] (timm's scale; paper: 9)"),
     ("optimizer.ref_batch=0", "optimizer.ref_batch=0 (int) must be an integer > 0, or null "
                               "(optimizer.lr is absolute)"),
+    # passed, then failed in trainer.fit (data loaded) with torch's 'Invalid epsilon value: -1'
+    # Lightning took any string: a typo ran non-deterministic kernels without a word
+    ("trainer.deterministic=ture",
+     "trainer.deterministic='ture' (str) must be true, false or warn (deterministic kernels, "
+     "warning where there is none)"),
+    ("optimizer.eps=-1", "optimizer.eps=-1 (int) must be a number >= 0"),
     ("optimizer.betas=[0.9]", "optimizer.betas=[0.9] (list) must be 2 numbers in [0, 1), e.g. [0.9,0.999]"),
     ("optimizer=sgd optimizer.momentum=abc", "optimizer.momentum='abc' (str) must be a number >= 0"),
     ("scheduler.warmup_epochs=abc", "scheduler.warmup_epochs='abc' (str) must be a number >= 0"),
     ("scheduler.warmup_steps=abc", "scheduler.warmup_steps='abc' (str) must be an integer >= 0, or "
                                    "null (use scheduler.warmup_epochs)"),
     ("scheduler.min_lr=abc", "scheduler.min_lr='abc' (str) must be a number >= 0 (an absolute lr)"),
+    # each failed in the batch-split check with a bare ZeroDivisionError or ValueError traceback
+    ("trainer.devices=0", "trainer.devices=0 (int) must be an integer >= 1, -1 or auto (all "
+                          "devices), or a list of device indices, e.g. [0,1]"),
+    ("trainer.devices=abc", "trainer.devices='abc' (str) must be an integer >= 1, -1 or auto (all "
+                            "devices), or a list of device indices, e.g. [0,1]"),
+    ("trainer.num_nodes=abc", "trainer.num_nodes='abc' (str) must be an integer >= 1"),
+    ("trainer.accumulate_grad_batches=0",
+     "trainer.accumulate_grad_batches=0 (int) must be an integer >= 1"),
 ])
 def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
@@ -118,11 +134,32 @@ def test_class_names_must_match_num_classes(tmp_path):
     (["resume=yes"], "resume='yes': use resume=auto"),
     (["resume=auto", "train=false", "ckpt_path=null"], "resume=auto continues training: it needs train=true"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs=-1 without trainer.max_steps trains without end"),
+    # ran, trained nothing, tested the untrained weights and exited 0 with their accuracy
+    # every job of the sweep continued the newest single run of the task, not its own point
+    (["resume=auto", "hydra.mode=MULTIRUN"],
+     "resume=auto does not work in a multirun (-m): every job would continue the newest single "
+     "run of task_name=train (multirun jobs are not searched), not its own sweep point. Resume "
+     "a job as a single run: its overrides (<job dir>/.hydra/overrides.yaml) plus "
+     "ckpt_path=<job dir>/checkpoints/last.ckpt"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0 trains nothing, and the test would measure "
+                               "untrained weights: set trainer.max_epochs>=1, or evaluate a "
+                               "checkpoint with train=false ckpt_path=<file.ckpt>"),
+    (["+trainer.max_steps=0"], "trainer.max_steps=0 trains nothing"),
 ])
 def test_contradictory_run_modes_are_refused(overrides, message, tmp_path):
     with pytest.raises(ConfigError) as err:
         validate(cfg_for(tmp_path, *overrides))
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize(("overrides", "fix"), [
+    (["trainer.max_epochs=-1"], "+trainer.max_steps"),  # not in trainer/cpu.yaml: needs the +
+    (["trainer.max_epochs=-1", "+trainer.max_steps=-1"], "trainer.max_steps")])
+def test_the_fix_for_an_endless_run_is_an_override_hydra_accepts(overrides, fix, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, *overrides))
+    assert str(err.value).endswith(f"the lr schedule is laid out over the run's length: set "
+                                   f"{fix}=<optimizer steps> or trainer.max_epochs=<epochs>")
 
 
 def test_a_384_px_preset_at_another_resolution_or_with_a_crop_is_flagged(tmp_path, caplog):
@@ -158,6 +195,11 @@ def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
      "Hint: 'trainer.max_epoch' is not a key of 'trainer'. Did you mean trainer.max_epochs?"),
     (["trainer.limit_train_batch=3"],
      "Hint: 'trainer.limit_train_batch' is not a key of 'trainer'. Did you mean +trainer.limit_train_batches"),
+    # a Trainer argument the trainer config does not set (the fix an error message gives):
+    # it was offered trainer.max_epochs, a different knob
+    (["trainer.max_steps=100"],
+     "Hint: 'trainer.max_steps' is a lightning.Trainer argument this trainer config does not "
+     "set: add it with a +, as +trainer.max_steps=100"),
     (["data.batchsize=3"], "Hint: 'data.batchsize' is not a key of 'data'. Did you mean data.batch_size?"),
     (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
     (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),

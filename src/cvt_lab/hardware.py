@@ -11,10 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import shutil
-from typing import Any
+from typing import Any, get_args
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from .validate import ConfigError
 
@@ -39,7 +39,7 @@ def devices_per_node(trainer: dict[str, Any]) -> int:
     """How many processes Lightning starts per node for ``trainer.devices``."""
     devices = trainer.get("devices", "auto")
     gpu = uses_gpu(trainer)
-    if isinstance(devices, (list, tuple)):
+    if isinstance(devices, (list, tuple)) or OmegaConf.is_list(devices):
         return len(devices)
     if isinstance(devices, str) and "," in devices:
         return len([d for d in devices.split(",") if d.strip()])
@@ -81,7 +81,12 @@ def _check_devices(trainer: dict[str, Any]) -> None:
 
 
 def _check_precision(trainer: dict[str, Any]) -> None:
-    precision = str(trainer.get("precision", "32-true"))
+    precision = trainer.get("precision")
+    precision = "32-true" if precision is None else str(precision)  # (None: Lightning's default)
+    if precision not in {str(p) for p in _lightning_precisions()}:
+        raise HardwareError(
+            f"trainer.precision={precision} is not a precision Lightning knows; use one of "
+            "32-true, bf16-mixed, 16-mixed (GPU), bf16-true, 16-true, 64-true")
     if precision in FP16_MIXED and not uses_gpu(trainer):
         raise HardwareError(
             f"trainer.precision={precision} (float16 autocast with a gradient scaler) needs a "
@@ -93,6 +98,13 @@ def _check_precision(trainer: dict[str, Any]) -> None:
             f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no "
             "bfloat16 support (it needs compute capability 8.0+, e.g. A100/H100); use "
             "trainer.precision=16-mixed")
+
+
+def _lightning_precisions() -> tuple[Any, ...]:
+    """Every value ``lightning.Trainer(precision=...)`` accepts (its own Literal types)."""
+    from lightning.fabric.plugins.precision.precision import _PRECISION_INPUT
+
+    return tuple(value for literal in get_args(_PRECISION_INPUT) for value in get_args(literal))
 
 
 def _check_batch_split(cfg: DictConfig) -> None:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities import rank_zero_warn
 
 
 def wandb_configured() -> bool:
@@ -24,10 +25,26 @@ def wandb_logger(save_dir: str, project: str, mode: str = "auto", **kwargs: Any)
     """A WandbLogger whose run lives in the Hydra run dir (``save_dir/wandb``).
 
     ``mode: auto`` is online only when W&B is configured on this machine, else offline:
-    a fresh machine with no account or network never blocks or prompts.
+    a fresh machine with no account or network never blocks or prompts. When it is
+    configured but its server cannot be reached (a compute node without network), the run
+    goes on offline, with a warning, once wandb.init has given up.
     """
+    chosen = mode == "auto" and not os.environ.get("WANDB_MODE")
     if mode == "auto":
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_configured() else "offline")
     Path(save_dir).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
+    logger = WandbLogger(save_dir=save_dir, project=project, mode=mode, **kwargs)
+    if not (chosen and mode == "online"):
+        return logger
+    import wandb
+
+    try:  # start the run now: a set-up machine without network must not end the run later
+        logger.experiment
+    except wandb.errors.CommError as err:
+        rank_zero_warn(
+            f"W&B could not start an online run ({type(err).__name__}: {err}): logging offline "
+            f"to {save_dir}/wandb/offline-run-* instead; upload it later with `wandb sync <that "
+            "folder>`. Set WANDB_MODE=offline (or logger.wandb.mode=offline) to skip the attempt")
+        logger = WandbLogger(save_dir=save_dir, project=project, mode="offline", **kwargs)
+    return logger

@@ -34,10 +34,13 @@ LENGTH_KEY = "run_length"  # top-level key: the length the lr schedule was compu
 
 def find_resume_checkpoint(log_dir: str | Path, task_name: str, exclude: str | Path | None = None
                            ) -> str | None:
-    """Newest usable checkpoint of this task's single runs (by modification time)."""
+    """Newest usable checkpoint of this task's single runs (by modification time); None when
+    there is none. Refuses when there are some but none can be read: starting afresh then
+    would throw the run's progress away."""
     runs = Path(log_dir) / task_name / "runs"
     found = [*runs.glob("*/checkpoints/last.ckpt"), *runs.glob("*/hpc_ckpt_*.ckpt")]
     skip = Path(exclude).resolve() if exclude else None
+    unreadable = []
     for path in sorted(found, key=lambda p: p.stat().st_mtime, reverse=True):
         if skip is not None and skip in path.resolve().parents:
             continue
@@ -45,8 +48,15 @@ def find_resume_checkpoint(log_dir: str | Path, task_name: str, exclude: str | P
             check_checkpoint(str(path))
         except ConfigError as err:
             rank_zero_warn(f"resume=auto: skipping {path}: {err}")
+            unreadable.append(str(path))
             continue
         return str(path)
+    if unreadable:
+        listed = ", ".join(unreadable[:3]) + (", ..." if len(unreadable) > 3 else "")
+        raise ConfigError(
+            f"resume=auto: no usable checkpoint under {runs}: {len(unreadable)} found, none "
+            f"readable ({listed}; the warnings above say why). Resume from another file with "
+            "ckpt_path=<file>, or start a fresh run without resume=auto (or with another task_name)")
     return None
 
 

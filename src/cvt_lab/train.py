@@ -116,7 +116,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
          "tested ckpt": ckpt_path if not cfg.train else None,
          "tested weights": cfg.model.pretrained if tests_pretrained else None,
          "last ckpt": guard.last if guard.last.exists() else None,
-         "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)), None),
+         # (a disabled W&B run names a folder it never writes)
+         "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)
+                        and Path(lg.experiment.dir).is_dir()), None),
          "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
     _finish_wandb(loggers)
     return metrics

@@ -91,13 +91,28 @@ def _scalar_or_per_stage(ok: Callable[[Any], bool]) -> Callable[[Any], bool]:
     return lambda v: v is None or ok(v) or _numbers(None, ok)(v)
 
 
+def _devices(v: Any) -> bool:
+    """What ``lightning.Trainer(devices=...)`` takes: a count, -1/auto, or device indices."""
+    if isinstance(v, str) and "," in v:  # "0,1" (indices)
+        parts = [p.strip() for p in v.split(",") if p.strip()]
+        return bool(parts) and all(p.isdigit() for p in parts)
+    if isinstance(v, str):
+        v = v.strip()
+        if v == "auto":
+            return True
+        v = int(v) if v.lstrip("-").isdigit() else v
+    if OmegaConf.is_list(v) or isinstance(v, (list, tuple)):
+        return len(v) > 0 and all(_is_int(x) and x >= 0 for x in v)
+    return _is_int(v) and (v >= 1 or v == -1)
+
+
 _PROB = (_in(0, 1), "a number in [0, 1]")
 _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
          "a number in [0, 1) or one per stage, e.g. [0,0,0.1] (null: the preset's)")
 
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (_is_int, "an integer"),
+    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"an integer in [0, {2**32 - 1}]"),  # numpy's
     "train": (_is_bool, "true or false"),
     "test": (_is_bool, "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
@@ -106,6 +121,13 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
                          "an integer >= 2 (or null with data=folder: one class per folder)"),
     "data.num_workers": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "trainer.max_epochs": (lambda v: v is None or (_is_int(v) and v >= -1), "an integer >= -1"),
+    "trainer.deterministic": (lambda v: v is None or _is_bool(v) or v == "warn",
+                              "true, false or warn (deterministic kernels, warning where there "
+                              "is none)"),
+    "trainer.devices": (_devices, "an integer >= 1, -1 or auto (all devices), or a list of "
+                                  "device indices, e.g. [0,1]"),
+    "trainer.num_nodes": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
+    "trainer.accumulate_grad_batches": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "optimizer.lr": (lambda v: _is_number(v) and v > 0, "a number > 0"),
     "optimizer.weight_decay": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.name": (lambda v: v in OPTIMIZERS, one_of(OPTIMIZERS)),
@@ -143,6 +165,7 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.randaugment.prob": _PROB,
     "optimizer.ref_batch": (_optional(lambda v: _is_int(v) and v > 0),
                             "an integer > 0, or null (optimizer.lr is absolute)"),
+    "optimizer.eps": (lambda v: _is_number(v) and v >= 0, "a number >= 0"),
     "optimizer.betas": (_numbers(2, lambda x: 0 <= x < 1), "2 numbers in [0, 1), e.g. [0.9,0.999]"),
     "optimizer.momentum": (_in(0, math.inf), "a number >= 0"),
     "optimizer.nesterov": (_is_bool, "true or false"),
@@ -175,6 +198,14 @@ def _check_run_mode(cfg: DictConfig) -> None:
                           "checkpoint) or give the file with ckpt_path=<file.ckpt>")
     if resume == "auto" and cfg.get("ckpt_path"):
         raise ConfigError("give either resume=auto or ckpt_path=<file.ckpt>, not both")
+    from .sweep import is_multirun
+
+    if resume == "auto" and is_multirun():  # its search is over single runs (logs/<task>/runs)
+        raise ConfigError(
+            "resume=auto does not work in a multirun (-m): every job would continue the newest "
+            f"single run of task_name={cfg.task_name} (multirun jobs are not searched), not its "
+            "own sweep point. Resume a job as a single run: its overrides (<job "
+            "dir>/.hydra/overrides.yaml) plus ckpt_path=<job dir>/checkpoints/last.ckpt")
     if resume == "auto" and not cfg.train:
         raise ConfigError("resume=auto continues training: it needs train=true")
     if not cfg.train and not cfg.get("ckpt_path") and not (cfg.get("model") or {}).get("pretrained"):
@@ -184,11 +215,17 @@ def _check_run_mode(cfg: DictConfig) -> None:
         raise ConfigError("train=false test=false would run nothing: set test=true to evaluate "
                           "the weights, or train=true to train")
     trainer = cfg.get("trainer") or {}
+    for length in ("max_epochs", "max_steps"):
+        if cfg.train and trainer.get(length) == 0 and not trainer.get("fast_dev_run"):
+            raise ConfigError(f"trainer.{length}=0 trains nothing, and the test would measure "
+                              f"untrained weights: set trainer.{length}>=1, or evaluate a "
+                              "checkpoint with train=false ckpt_path=<file.ckpt>")
     if (cfg.train and trainer.get("max_epochs") == -1 and trainer.get("max_steps", -1) in (-1, None)
             and not trainer.get("fast_dev_run")):
+        steps = "trainer.max_steps" if "max_steps" in trainer else "+trainer.max_steps"  # Hydra's +
         raise ConfigError("trainer.max_epochs=-1 without trainer.max_steps trains without end, but "
-                          "the lr schedule is laid out over the run's length: set "
-                          "trainer.max_steps=<optimizer steps> or trainer.max_epochs=<epochs>")
+                          f"the lr schedule is laid out over the run's length: set {steps}="
+                          "<optimizer steps> or trainer.max_epochs=<epochs>")
 
 
 def _check_model(cfg: DictConfig) -> None:
@@ -460,6 +497,9 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
         flat = _flat_keys(base)
         close = difflib.get_close_matches(key, flat, n=3)
         return f"Hint: '{key}' is not a config key." + (f" Did you mean {', '.join(close)}?" if close else "")
+    if parent_key == "trainer" and leaf in trainer_keys():  # right name, but needs the +
+        return (f"Hint: '{key}' is a lightning.Trainer argument this trainer config does not "
+                f"set: add it with a +, as +{override.input_line}")
     keys = sorted(str(k) for k in parent.keys())
     close = difflib.get_close_matches(leaf, keys, n=3)
     where = f"'{parent_key}'" if parent_key else "the top level"
