@@ -153,6 +153,21 @@ def test_a_step_checkpoint_due_on_an_epochs_last_batch_is_not_written_inside_the
                    "callbacks.step_checkpoint.every_n_train_steps=2"], "SignalAt", 3)
 
 
+def test_a_run_resumed_from_an_epoch_end_checkpoint_draws_what_the_uninterrupted_run_drew(
+        tmp_path):
+    # last.ckpt is written at every epoch end: the usual checkpoint resume=auto continues from.
+    # Lightning loads the train loader's state (with our RNG states) only mid-epoch, so such a
+    # resume drew other drop-path masks than the uninterrupted run and ended elsewhere
+    common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "model.drop_path=0.2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_in_process([*common, "callbacks.model_checkpoint.save_top_k=-1"], straight)
+    (first_epoch,) = (straight / "checkpoints").glob("epoch000-*.ckpt")
+    run_in_process([*common, f"ckpt_path={first_epoch}"], resumed)
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
     """A finished 1-epoch run (trained and tested): (run dir, final metrics)."""

@@ -142,11 +142,16 @@ class RunGuard(L.Callback):
         return "no checkpoint had been written yet"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning loads the loader's saved position only when it builds the loader after
-        # restoring the checkpoint; configure_optimizers asking for estimated_stepping_batches
-        # builds it before. Load it now (a no-op when Lightning already did); the loader is
-        # lazy, so nothing has been fetched yet.
-        trainer.fit_loop._load_combined_loader_states()
+        # Lightning loads the loader's saved state (position, RNG states) only when it builds
+        # the loader after restoring the checkpoint (configure_optimizers asking for
+        # estimated_stepping_batches builds it before), and only for a checkpoint from within an
+        # epoch: from one at an epoch's end, such as every epoch's last.ckpt, the resumed run
+        # drew other dropout, drop-path and augmentation than the uninterrupted one. Load it now
+        # (a no-op when Lightning already did); the loader is lazy, so nothing has been fetched
+        loop = trainer.fit_loop
+        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+            loop._combined_loader_states_to_load = []
         if _IS_WINDOWS:
             return
         # Lightning installed its handlers before this hook runs; replace them for the fit
