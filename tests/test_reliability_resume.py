@@ -44,6 +44,18 @@ class SignalAt(L.Callback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
+class SignalWhileValidating(SignalAt):
+    """Test helper: sends ``signal`` when the validation after optimizer step ``step`` starts,
+    i.e. after that step's checkpoints were written."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        pass
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            super().on_train_batch_end(trainer, pl_module, None, None, 0)
+
+
 def run_in_process(overrides: list[str], output_dir: Path) -> dict[str, float]:
     return run(compose_config(overrides, output_dir))
 
@@ -94,6 +106,68 @@ def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path, data)
         torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
 
 
+def killed_then_resumed_like_straight(tmp_path: Path, overrides: list[str], kill: str,
+                                      step: int) -> tuple[Path, Path]:
+    """Runs 2 epochs of 3 batches (drop-path on, so the RNG state matters) killed with SIGKILL by
+    the callback ``test_reliability_resume.<kill>`` at ``step``, resumes it with resume=auto,
+    runs it uninterrupted, and checks both end with the same weights: (resumed, straight) dirs."""
+    common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "task_name=killed",
+              f"paths.log_dir={tmp_path}/logs", "model.drop_path=0.2", *overrides]
+    killed = run_cli(*common, f"hydra.run.dir={tmp_path}/logs/killed/runs/1_killed",
+                     f"+callbacks.kill._target_=test_reliability_resume.{kill}",
+                     f"+callbacks.kill.step={step}",
+                     env={"PYTHONPATH": os.pathsep.join([str(ROOT / "src"), str(ROOT / "tests"),
+                                                         os.environ.get("PYTHONPATH", "")])})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    resumed, straight = tmp_path / "logs/killed/runs/2_resumed", tmp_path / "straight"
+    run_in_process([*common, "resume=auto"], resumed)
+    run_in_process(common, straight)
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    return resumed, straight
+
+
+@pytest.mark.slow
+def test_kill9_while_validating_after_a_step_checkpoint_on_the_epochs_last_batch_resumes_exactly(
+        tmp_path):
+    # step checkpoints every step, 3 steps per epoch: Lightning restores a checkpoint written at
+    # an epoch's last batch (before its validation) as a finished epoch, so a run killed during
+    # that validation resumed without ever validating the epoch, with the RNG state from before
+    # it, and drifted from the uninterrupted run
+    resumed, straight = killed_then_resumed_like_straight(
+        tmp_path, ["callbacks.step_checkpoint.every_n_train_steps=1"], "SignalWhileValidating", 3)
+    assert validated_epochs(straight) == {0, 1}
+    assert validated_epochs(resumed) == {0, 1}  # the interrupted validation of epoch 0 ran
+
+
+@pytest.mark.slow
+def test_a_step_checkpoint_due_on_an_epochs_last_batch_is_not_written_inside_the_next_group(
+        tmp_path):
+    # 3 batches of 4 per epoch, 2 per optimizer step: steps end at batches 2 and 3. Step 2, due
+    # for a checkpoint but on the epoch's last batch, was written at the next batch instead, in
+    # the middle of an accumulation group: a run killed after it resumed from there, without
+    # that batch's gradient, and drifted
+    killed_then_resumed_like_straight(
+        tmp_path, ["trainer.accumulate_grad_batches=2",
+                   "callbacks.step_checkpoint.every_n_train_steps=2"], "SignalAt", 3)
+
+
+def test_a_run_resumed_from_an_epoch_end_checkpoint_draws_what_the_uninterrupted_run_drew(
+        tmp_path):
+    # last.ckpt is written at every epoch end: the usual checkpoint resume=auto continues from.
+    # Lightning loads the train loader's state (with our RNG states) only mid-epoch, so such a
+    # resume drew other drop-path masks than the uninterrupted run and ended elsewhere
+    common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "model.drop_path=0.2"]
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_in_process([*common, "callbacks.model_checkpoint.save_top_k=-1"], straight)
+    (first_epoch,) = (straight / "checkpoints").glob("epoch000-*.ckpt")
+    run_in_process([*common, f"ckpt_path={first_epoch}"], resumed)
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.fixture(scope="module")
 def one_epoch(tmp_path_factory):
     """A finished 1-epoch run (trained and tested): (run dir, final metrics)."""
@@ -105,6 +179,11 @@ def logged_epochs_and_steps(run_dir: Path) -> tuple[set[int], list[int]]:
     with open(run_dir / "csv" / "metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get("train/loss") or r.get("val/acc1")]
     return {int(r["epoch"]) for r in rows}, sorted(int(r["step"]) for r in rows)
+
+
+def validated_epochs(run_dir: Path) -> set[int]:
+    with open(run_dir / "csv" / "metrics.csv") as f:
+        return {int(r["epoch"]) for r in csv.DictReader(f) if r.get("val/acc1")}
 
 
 def test_resuming_a_finished_epoch_continues_the_epoch_and_step_counters(one_epoch, tmp_path):

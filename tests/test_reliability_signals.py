@@ -4,6 +4,7 @@ Both also under DDP, where the ranks must act on a signal at the same step."""
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -17,6 +18,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from cvt_lab.module import BEST_KEY
 from cvt_lab.resume import find_resume_checkpoint
 from test_reliability_resume import TINY, run_in_process, weights
 
@@ -217,3 +219,24 @@ def test_a_slurm_requeue_inside_an_accumulation_group_checkpoints_after_its_step
     state = torch.load(run_dir / "hpc_ckpt_1.ckpt", weights_only=True)
     served = state["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]["batches"]
     assert (state["global_step"], served) == (2, 4)  # after the group's step, not inside it
+
+
+def test_a_slurm_requeue_on_an_epochs_last_batch_checkpoints_after_its_validation(tmp_path,
+                                                                                  monkeypatch):
+    # 3 steps per epoch, SIGUSR1 at step 3: Lightning restores a checkpoint written at an
+    # epoch's last batch (before its validation) as a finished epoch, so the requeued job never
+    # validated epoch 0 and, its RNG state being from before that validation, drifted
+    one_slurm_task(tmp_path, monkeypatch)
+    common = ["logger=csv", *TINY, "trainer.max_epochs=2", "test=false", "model.drop_path=0.2"]
+    run_dir = tmp_path / "run"
+    run_in_process([*common, "+callbacks.usr1._target_=test_reliability_resume.SignalAt",
+                    "+callbacks.usr1.step=3", "+callbacks.usr1.signal=SIGUSR1"], run_dir)
+    assert (tmp_path / "scontrol.log").read_text().split() == ["requeue", "4242"]
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    assert math.isfinite(torch.load(hpc, weights_only=True)[BEST_KEY])  # epoch 0 validated first
+    resumed, straight = tmp_path / "resumed", tmp_path / "straight"
+    resumed_metrics = run_in_process([*common, f"ckpt_path={hpc}"], resumed)
+    assert resumed_metrics["val/acc1_best"] == run_in_process(common, straight)["val/acc1_best"]
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)

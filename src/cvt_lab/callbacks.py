@@ -73,3 +73,23 @@ class BestCheckpoint(ModelCheckpoint):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict({**state_dict, "dirpath": self.dirpath})
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """A ModelCheckpoint for ``every_n_train_steps`` that skips a step on an epoch's last batch.
+
+    Lightning restores a checkpoint written there (before the epoch's validation) as a
+    finished epoch: a run killed during that validation resumed without ever validating the
+    epoch (its score missed the best checkpoint and ``val/acc1_best``), with the RNG state
+    from before the validation, so it drifted from the uninterrupted run. The epoch-end
+    checkpoint (``last_checkpoint``), written after the validation, takes that step's place.
+    Nor does it write at a batch that only accumulates gradients: a step skipped at an epoch's
+    end would be written at the next epoch's first batch, and a resume from there would lose
+    that batch's gradient.
+    """
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
+                           batch: Any, batch_idx: int) -> None:
+        epoch_loop = trainer.fit_loop.epoch_loop
+        if not (epoch_loop._num_ready_batches_reached() or epoch_loop._should_accumulate()):
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

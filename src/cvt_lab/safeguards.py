@@ -142,11 +142,16 @@ class RunGuard(L.Callback):
         return "no checkpoint had been written yet"
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning loads the loader's saved position only when it builds the loader after
-        # restoring the checkpoint; configure_optimizers asking for estimated_stepping_batches
-        # builds it before. Load it now (a no-op when Lightning already did); the loader is
-        # lazy, so nothing has been fetched yet.
-        trainer.fit_loop._load_combined_loader_states()
+        # Lightning loads the loader's saved state (position, RNG states) only when it builds
+        # the loader after restoring the checkpoint (configure_optimizers asking for
+        # estimated_stepping_batches builds it before), and only for a checkpoint from within an
+        # epoch: from one at an epoch's end, such as every epoch's last.ckpt, the resumed run
+        # drew other dropout, drop-path and augmentation than the uninterrupted one. Load it now
+        # (a no-op when Lightning already did); the loader is lazy, so nothing has been fetched
+        loop = trainer.fit_loop
+        if loop._combined_loader_states_to_load and loop._combined_loader is not None:
+            loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
+            loop._combined_loader_states_to_load = []
         if _IS_WINDOWS:
             return
         # Lightning installed its handlers before this hook runs; replace them for the fit
@@ -192,13 +197,24 @@ class RunGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        accumulating = trainer.fit_loop.epoch_loop._should_accumulate()
+        epoch_loop = trainer.fit_loop.epoch_loop
+        accumulating = epoch_loop._should_accumulate()
         if accumulating:  # (one process: set by the handler)
             trainer._signal_connector.received_sigterm = False  # stop after the group's step
-        # acted on after the optimizer step, so the checkpoint holds a whole step; under DDP
-        # once all ranks agreed (at on_before_backward), every rank checkpoints, rank 0 requeues
+        # acted on after the optimizer step, so the checkpoint holds a whole step; at an epoch's
+        # last batch after the epoch's validation (on_train_epoch_end): Lightning restores a
+        # checkpoint written before it as a finished epoch and never runs that validation
+        if not accumulating and not epoch_loop._num_ready_batches_reached():
+            self._requeue_if_agreed(trainer)
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._requeue_if_agreed(trainer)
+
+    def _requeue_if_agreed(self, trainer: L.Trainer) -> None:
+        # under DDP once all ranks agreed (at on_before_backward): every rank checkpoints,
+        # rank 0 requeues
         requeue = self._requeue_agreed if trainer.world_size > 1 else self._requeue_pending
-        if requeue and not accumulating and not self._requeued:
+        if requeue and not self._requeued:
             self._requeued = True
             trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
 
