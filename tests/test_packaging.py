@@ -45,3 +45,9 @@ def test_every_imported_package_is_declared():
                sorted(imported(path, providers) - runtime - (sweep if path in SWEEP_ONLY else set()))
                for path in CODE}
     assert {k: v for k, v in missing.items() if v} == {}
+
+
+def test_every_declared_runtime_dependency_is_imported():
+    providers = packages_distributions()
+    used = set().union(*(imported(path, providers) for path in CODE))
+    assert declared() - used == set()
