@@ -124,7 +124,6 @@ class RunGuard(L.Callback):
     def __init__(self, dirpath: str, records: dict[str, Any] | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.records = records or {}
-        self.sigterm_checkpoint: str | None = None
         self._sigterm_pending = False
         self._requeue_pending = False  # noted by this rank's handler
         self._requeue_agreed = False  # agreed by all ranks at this step
@@ -235,7 +234,6 @@ class RunGuard(L.Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return  # after fit (testing) the model holds the best weights, not the last ones
         trainer.save_checkpoint(self.last, weights_only=False)  # the full state, to resume
-        self.sigterm_checkpoint = str(self.last)
         rank_zero_info(
             f"Stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}). "
             f"Checkpoint saved to {self.last}\nResume with the same command plus resume=auto "
