@@ -64,6 +64,14 @@ def weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=True)["state_dict"]
 
 
+def assert_same_last_weights(resumed: Path, straight: Path) -> None:
+    """Both runs' last.ckpt hold the same tensors, to 1e-6 (and none only one of them holds)."""
+    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+
+
 def streamed(tmp_path: Path) -> list[str]:
     """A local copy read as a stream (24 rows, 24 shards) by 2 workers: 3 batches of 8."""
     imagenet_like(n_train=24, n_val=8).save_to_disk(str(tmp_path / "inet"))
@@ -99,11 +107,8 @@ def test_kill9_mid_epoch_then_resume_auto_gives_the_same_weights(tmp_path, data)
     straight = tmp_path / "straight"
     run_in_process(common, straight)
 
-    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
     assert torch.load(resumed / "checkpoints/last.ckpt", weights_only=True)["global_step"] == 6
-    assert a.keys() == b.keys()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_last_weights(resumed, straight)
 
 
 def killed_then_resumed_like_straight(tmp_path: Path, overrides: list[str], kill: str,
@@ -122,9 +127,7 @@ def killed_then_resumed_like_straight(tmp_path: Path, overrides: list[str], kill
     resumed, straight = tmp_path / "logs/killed/runs/2_resumed", tmp_path / "straight"
     run_in_process([*common, "resume=auto"], resumed)
     run_in_process(common, straight)
-    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_last_weights(resumed, straight)
     return resumed, straight
 
 
@@ -163,9 +166,7 @@ def test_a_run_resumed_from_an_epoch_end_checkpoint_draws_what_the_uninterrupted
     run_in_process([*common, "callbacks.model_checkpoint.save_top_k=-1"], straight)
     (first_epoch,) = (straight / "checkpoints").glob("epoch000-*.ckpt")
     run_in_process([*common, f"ckpt_path={first_epoch}"], resumed)
-    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_last_weights(resumed, straight)
 
 
 @pytest.fixture(scope="module")

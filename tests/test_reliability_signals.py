@@ -20,7 +20,7 @@ import torch
 from conftest import ROOT
 from cvt_lab.module import BEST_KEY
 from cvt_lab.resume import find_resume_checkpoint
-from test_reliability_resume import TINY, run_in_process, weights
+from test_reliability_resume import TINY, assert_same_last_weights, run_in_process
 
 
 def wandb_ids(run_dir: Path) -> set[str]:
@@ -200,9 +200,7 @@ def test_sigterm_inside_an_accumulation_group_stops_after_its_step_and_resumes_e
     resumed, straight = tmp_path / "logs/accumulate/runs/2_resumed", tmp_path / "straight"
     run_in_process([*common, "resume=auto"], resumed)
     run_in_process(common, straight)
-    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_last_weights(resumed, straight)
 
 
 def test_a_slurm_requeue_inside_an_accumulation_group_checkpoints_after_its_step(tmp_path,
@@ -237,6 +235,4 @@ def test_a_slurm_requeue_on_an_epochs_last_batch_checkpoints_after_its_validatio
     resumed, straight = tmp_path / "resumed", tmp_path / "straight"
     resumed_metrics = run_in_process([*common, f"ckpt_path={hpc}"], resumed)
     assert resumed_metrics["val/acc1_best"] == run_in_process(common, straight)["val/acc1_best"]
-    a, b = weights(resumed / "checkpoints/last.ckpt"), weights(straight / "checkpoints/last.ckpt")
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=0, atol=1e-6, msg=name)
+    assert_same_last_weights(resumed, straight)

@@ -27,7 +27,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from .sweep import CSV_LOG, FAILED_FILE, METRICS_FILE, wandb_group
 
-OUTPUTS = ("report.md", "report.csv", "report.png")
 # metric columns shown when present: (metric key, header); accuracies are shown in percent
 METRIC_COLUMNS = [("val/acc1_best", "best val top-1 %"), ("val/acc1", "final val top-1 %"),
                   ("test/acc1", "test top-1 %"), ("train/loss_epoch", "last epoch train loss"),

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,6 @@ import lightning as L
 import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.plugins.environments import SLURMEnvironment
-from lightning.fabric.utilities.imports import _IS_WINDOWS
-from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from lightning.pytorch.trainer.states import TrainerFn
@@ -74,7 +73,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     stock writer truncates the target first). Remote paths use Lightning's writer.
     """
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH,
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: str | os.PathLike,
                         storage_options: Any | None = None) -> None:
         if storage_options is not None or not _is_local_file_protocol(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
@@ -124,7 +123,6 @@ class RunGuard(L.Callback):
     def __init__(self, dirpath: str, records: dict[str, Any] | None = None) -> None:
         self.dirpath = Path(dirpath)
         self.records = records or {}
-        self.sigterm_checkpoint: str | None = None
         self._sigterm_pending = False
         self._requeue_pending = False  # noted by this rank's handler
         self._requeue_agreed = False  # agreed by all ranks at this step
@@ -152,7 +150,7 @@ class RunGuard(L.Callback):
         if loop._combined_loader_states_to_load and loop._combined_loader is not None:
             loop._combined_loader._load_state_dicts(loop._combined_loader_states_to_load)
             loop._combined_loader_states_to_load = []
-        if _IS_WINDOWS:
+        if sys.platform == "win32":  # (Lightning installs no signal handlers there either)
             return
         # Lightning installed its handlers before this hook runs; replace them for the fit
         self._sigterm_pending = self._requeue_pending = self._requeue_agreed = False
@@ -235,7 +233,6 @@ class RunGuard(L.Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != TrainerFn.FITTING:
             return  # after fit (testing) the model holds the best weights, not the last ones
         trainer.save_checkpoint(self.last, weights_only=False)  # the full state, to resume
-        self.sigterm_checkpoint = str(self.last)
         rank_zero_info(
             f"Stopped by SIGTERM at step {trainer.global_step} (epoch {trainer.current_epoch}). "
             f"Checkpoint saved to {self.last}\nResume with the same command plus resume=auto "

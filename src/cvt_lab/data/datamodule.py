@@ -120,8 +120,8 @@ class ImageDataModule(L.LightningDataModule):
 
     ``data.batch_size`` is the global batch per optimizer step; each device gets
     ``batch_size / (world_size * accumulate_grad_batches)``. Under DDP, training data is
-    sharded by Lightning's DistributedSampler (map-style) or by node (streaming); evaluation
-    uses an unpadded sampler, so metrics count every sample exactly once.
+    sharded by our ResumableSampler (map-style) or by node (streaming); evaluation uses an
+    unpadded sampler, so metrics count every sample exactly once.
     """
 
     def __init__(self, data: dict[str, Any], augment: dict[str, Any], seed: int = 0) -> None:

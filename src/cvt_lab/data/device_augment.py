@@ -18,7 +18,8 @@ class DeviceAugment(nn.Module):
     Training order (DeiT): RandAugment on [0, 1] images -> normalise -> random erasing ->
     Mixup/CutMix. ``targets`` equal ``labels`` (1-D) unless Mixup/CutMix is on; then they are
     soft (B, num_classes) with ``label_smoothing`` folded in, for every batch. Without
-    mixing the module applies ``augment.label_smoothing`` to the hard labels itself.
+    mixing the targets stay hard labels, and the loss (``CvTModule.training_step``) applies
+    ``augment.label_smoothing``.
     Evaluation only normalises.
     """
 

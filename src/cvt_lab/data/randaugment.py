@@ -26,7 +26,7 @@ from torch import nn
 OpFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _factor(x: torch.Tensor, m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
+def _factor(m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
     return 1 + 0.9 * m * sign
 
 
@@ -53,21 +53,21 @@ def _solarize_add(x, m, sign):
 
 
 def _brightness(x, m, sign):
-    return (x * _factor(x, m, sign).view(-1, 1, 1, 1)).clamp(0, 1)
+    return (x * _factor(m, sign).view(-1, 1, 1, 1)).clamp(0, 1)
 
 
 def _color(x, m, sign):
-    return KE.adjust_saturation_with_gray_subtraction(x, _factor(x, m, sign))
+    return KE.adjust_saturation_with_gray_subtraction(x, _factor(m, sign))
 
 
 def _contrast(x, m, sign):
-    return KE.adjust_contrast_with_mean_subtraction(x, _factor(x, m, sign))
+    return KE.adjust_contrast_with_mean_subtraction(x, _factor(m, sign))
 
 
 def _sharpness(x, m, sign):
     if min(x.shape[-2:]) < 3:
         return x
-    return KE.sharpness(x, _factor(x, m, sign)).clamp(0, 1)
+    return KE.sharpness(x, _factor(m, sign)).clamp(0, 1)
 
 
 def _affine(x: torch.Tensor, matrix: torch.Tensor, fill: torch.Tensor) -> torch.Tensor:
