@@ -138,8 +138,8 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
-    """The config of an original-format state dict: widths, depths, kernels, tokens from the
-    shapes; head counts, strides and paddings (which no shape records) from the preset of the
+    """The config of an original-format state dict: widths, depths, kernels, tokens and q/k/v
+    biases from the shapes; head counts, strides and paddings (which no shape records) from the preset of the
     same widths and depths, or from ``overrides``. A token-embedding kernel other than the
     preset's is refused unless ``overrides`` say how it strides and pads."""
     stages = sorted(int(m.group(1)) for k in state_dict
@@ -155,6 +155,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
         in_chans=embeds[0].shape[1], embed_dims=dims, depths=depths,
         patch_size=[w.shape[-1] for w in embeds],
         cls_token=[f"stage{i}.cls_token" in state_dict for i in stages],
+        qkv_bias=[f"stage{i}.blocks.0.attn.proj_q.bias" in state_dict for i in stages],
         pos_embed=[f"stage{i}.pos_embed" in state_dict for i in stages],
         num_classes=state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
         mlp_ratio=[state_dict[f"stage{i}.blocks.0.mlp.fc1.weight"].shape[0] / d
