@@ -427,3 +427,21 @@ def test_bare_weights_without_qkv_biases_load_as_such(tmp_path):
     assert model.config == src.config
     x = torch.randn(2, 3, 32, 40)
     torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def test_bare_weights_without_projection_convs_name_the_projection_to_pass(tmp_path):
+    # 'avg' and 'linear' projections hold no weights, so a bare state dict cannot tell them
+    # apart; the shapes-inferred model took the preset's 'dw_bn' and failed with "15 missing
+    # from the checkpoint: stage1.blocks.0.attn.conv_proj_q.conv.weight, ..." and no fix
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, projection=("dw_bn", "avg", "dw_bn")).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError) as err:
+        create_model(pretrained=tmp_path / "w.pth")
+    assert str(err.value) == (
+        "stage 1 has no q/k/v projection convs: it projected with 'avg' or 'linear', which hold "
+        "no weights to tell them apart; pass projection=... with one method per stage, e.g. "
+        "['dw_bn', 'avg', 'dw_bn'] or ['dw_bn', 'linear', 'dw_bn']")
+    model = create_model(pretrained=tmp_path / "w.pth", projection=("dw_bn", "avg", "dw_bn")).eval()
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)

@@ -141,7 +141,8 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     """The config of an original-format state dict: widths, depths, kernels, tokens and q/k/v
     biases from the shapes; head counts, strides and paddings (which no shape records) from the preset of the
     same widths and depths, or from ``overrides``. A token-embedding kernel other than the
-    preset's is refused unless ``overrides`` say how it strides and pads."""
+    preset's is refused unless ``overrides`` say how it strides and pads, and so is a stage
+    without projection convs unless they say which weightless projection it had."""
     stages = sorted(int(m.group(1)) for k in state_dict
                     if (m := re.match(r"stage(\d+)\.patch_embed\.proj\.weight$", k)))
     if not stages:
@@ -164,6 +165,15 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     q_convs = [state_dict.get(f"stage{i}.blocks.0.attn.conv_proj_q.conv.weight") for i in stages]
     if all(w is not None for w in q_convs):
         shape_fields.update(projection="dw_bn", kernel_qkv=[w.shape[-1] for w in q_convs])
+    elif "projection" not in overrides:  # 'avg' and 'linear' hold no weights
+        bare = [str(i) for i, w in enumerate(q_convs) if w is None]
+        which = (f"stage {bare[0]} has no q/k/v projection convs: it" if len(bare) == 1 else
+                 f"stages {', '.join(bare)} have no q/k/v projection convs: they")
+        examples = " or ".join(str(["dw_bn" if w is not None else m for w in q_convs])
+                               for m in ("avg", "linear"))
+        raise CheckpointError(f"{which} projected with 'avg' or 'linear', which hold no weights to "
+                              "tell them apart; pass projection=... with one method per stage, "
+                              f"e.g. {examples}")
     preset = next(iter(_presets_of(dims, depths)), None)
     if preset is None and "num_heads" not in overrides:
         raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
