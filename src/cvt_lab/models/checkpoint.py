@@ -139,8 +139,9 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
     """The config of an original-format state dict: widths, depths, kernels, tokens and q/k/v
-    biases from the shapes; head counts, strides and paddings (which no shape records) from the preset of the
-    same widths and depths, or from ``overrides``. A token-embedding kernel other than the
+    biases from the shapes; head counts, strides and paddings (which no shape records) from the
+    preset of the same widths and depths, or from ``overrides`` (with no preset, the values
+    CvT-13 has in every stage fill the rest). A token-embedding kernel other than the
     preset's is refused unless ``overrides`` say how it strides and pads, and so is a stage
     without projection convs unless they say which weightless projection it had."""
     stages = sorted(int(m.group(1)) for k in state_dict
@@ -182,16 +183,35 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     base = preset_config(preset) if preset else CvTConfig()
     if not {"token_embed", "patch_stride", "patch_padding"} & set(overrides):
         for i, k in enumerate(shape_fields["patch_size"]):
+            if i >= base.num_stages:
+                raise CheckpointError(
+                    f"stage {i} token embedding has a {k}x{k} kernel and no preset has a stage "
+                    f"{i}; weights record no stride or padding: pass token_embed=... or "
+                    "patch_stride/patch_padding")
             if k != base.patch_size[i]:  # the stride and padding that go with it are unknown
                 raise CheckpointError(
                     f"stage {i} token embedding has a {k}x{k} kernel, preset {preset or 'cvt13'}'s "
                     f"{base.patch_size[i]}x{base.patch_size[i]}, and weights record no stride or "
                     "padding: pass token_embed=... or patch_stride/patch_padding")
     fields = {**shape_fields, **overrides}
+    if preset is None:  # any stage count: CvT-13's values that fit it
+        fields = {**_stage_defaults(len(stages)), **fields}
     config = preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
     if any(config.pos_embed) and "img_size" not in overrides:
         config = config.replace(img_size=_trained_img_size(config, state_dict))
     return config
+
+
+def _stage_defaults(n: int) -> dict[str, Any]:
+    """CvT-13's per-stage values for ``n`` stages: those equal in every stage and the drop-path
+    rate, which as a scalar goes to the last stage; with at most 3 stages, the token-embedding
+    strides and paddings of its first ``n`` (infer_config checked their kernels)."""
+    base = CvTConfig()
+    out = {name: value[-1] for name, value in base.to_dict().items()
+           if isinstance(value, tuple) and (len(set(value)) == 1 or name == "drop_path")}
+    if n <= base.num_stages:
+        out.update(patch_stride=base.patch_stride[:n], patch_padding=base.patch_padding[:n])
+    return out
 
 
 def _trained_img_size(config: CvTConfig, state_dict: dict[str, torch.Tensor]) -> int:
