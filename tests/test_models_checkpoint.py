@@ -414,3 +414,70 @@ def test_transformers_weights_of_two_stages_give_transformers_logits(tmp_path):
     assert ours.config.num_stages == 2
     x = torch.randn(2, 3, 48, 40)
     torch.testing.assert_close(ours(x), hf_logits(hf, x), **ATOL)
+
+
+def test_bare_weights_without_qkv_biases_load_as_such(tmp_path):
+    # the original code's QKV_BIAS (per stage) leaves out attn.proj_{q,k,v}.bias, which the
+    # key set records; the shapes-inferred model took the preset's biases and refused the file:
+    # "9 missing from the checkpoint: stage0.blocks.0.attn.proj_q.bias, ...", with no fix
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, qkv_bias=(False, True, False)).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    model = create_model(pretrained=tmp_path / "w.pth").eval()
+    assert model.config == src.config
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def test_bare_weights_without_projection_convs_name_the_projection_to_pass(tmp_path):
+    # 'avg' and 'linear' projections hold no weights, so a bare state dict cannot tell them
+    # apart; the shapes-inferred model took the preset's 'dw_bn' and failed with "15 missing
+    # from the checkpoint: stage1.blocks.0.attn.conv_proj_q.conv.weight, ..." and no fix
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3, projection=("dw_bn", "avg", "dw_bn")).eval()
+    torch.save(src.state_dict(), tmp_path / "w.pth")
+    with pytest.raises(CheckpointError) as err:
+        create_model(pretrained=tmp_path / "w.pth")
+    assert str(err.value) == (
+        "stage 1 has no q/k/v projection convs: it projected with 'avg' or 'linear', which hold "
+        "no weights to tell them apart; pass projection=... with one method per stage, e.g. "
+        "['dw_bn', 'avg', 'dw_bn'] or ['dw_bn', 'linear', 'dw_bn']")
+    model = create_model(pretrained=tmp_path / "w.pth", projection=("dw_bn", "avg", "dw_bn")).eval()
+    x = torch.randn(2, 3, 32, 40)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+def _bare_of_stages(path, **stages):
+    """Save the state dict of a CvT with CvT-13's per-stage values but another stage count."""
+    src = create_model("cvt13", num_classes=3, **stages, token_embed="conv", mlp_ratio=4.0,
+                       projection="dw_bn", kernel_qkv=3, padding_q=1, padding_kv=1, stride_q=1,
+                       stride_kv=2, qkv_bias=True, pos_embed=False, drop_rate=0.0,
+                       attn_drop=0.0, drop_path=0.1).eval()
+    torch.save(src.state_dict(), path)
+    return src
+
+
+def test_bare_weights_of_other_stage_counts_load_with_the_unrecorded_fields_given(tmp_path):
+    # a state dict of another stage count matches no preset: it failed with "IndexError: tuple
+    # index out of range", and with num_heads, strides and paddings given with "CvT option
+    # 'token_embed' has 3 values but the model has 4 stages", a field the user never gave
+    torch.manual_seed(0)
+    two = _bare_of_stages(tmp_path / "two.pth", embed_dims=(16, 32), depths=(1, 2),
+                          num_heads=(1, 2), patch_size=(7, 3), patch_stride=(4, 2),
+                          patch_padding=(2, 1), cls_token=(False, True))
+    # CvT-13's first two stages: their strides and paddings go with these kernels
+    assert create_model(pretrained=tmp_path / "two.pth", num_heads=(1, 2)).config == two.config
+    src = _bare_of_stages(tmp_path / "w.pth", embed_dims=(16, 32, 48, 64), depths=(1, 1, 1, 1),
+                          num_heads=(1, 2, 3, 4), patch_size=(7, 3, 3, 3),
+                          patch_stride=(4, 2, 2, 2), patch_padding=(2, 1, 1, 1),
+                          cls_token=(False, False, False, True))
+    with pytest.raises(CheckpointError) as err:
+        create_model(pretrained=tmp_path / "w.pth", num_heads=(1, 2, 3, 4))
+    assert str(err.value) == (
+        "stage 3 token embedding has a 3x3 kernel and no preset has a stage 3; weights record "
+        "no stride or padding: pass token_embed=... or patch_stride/patch_padding")
+    model = create_model(pretrained=tmp_path / "w.pth", num_heads=(1, 2, 3, 4),
+                         patch_stride=(4, 2, 2, 2), patch_padding=(2, 1, 1, 1)).eval()
+    assert model.config == src.config
+    x = torch.randn(2, 3, 64, 80)
+    torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)

@@ -138,10 +138,12 @@ def _unwrap(obj: Any, source: str) -> dict[str, torch.Tensor]:
 
 
 def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTConfig:
-    """The config of an original-format state dict: widths, depths, kernels, tokens from the
-    shapes; head counts, strides and paddings (which no shape records) from the preset of the
-    same widths and depths, or from ``overrides``. A token-embedding kernel other than the
-    preset's is refused unless ``overrides`` say how it strides and pads."""
+    """The config of an original-format state dict: widths, depths, kernels, tokens and q/k/v
+    biases from the shapes; head counts, strides and paddings (which no shape records) from the
+    preset of the same widths and depths, or from ``overrides`` (with no preset, the values
+    CvT-13 has in every stage fill the rest). A token-embedding kernel other than the
+    preset's is refused unless ``overrides`` say how it strides and pads, and so is a stage
+    without projection convs unless they say which weightless projection it had."""
     stages = sorted(int(m.group(1)) for k in state_dict
                     if (m := re.match(r"stage(\d+)\.patch_embed\.proj\.weight$", k)))
     if not stages:
@@ -155,6 +157,7 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
         in_chans=embeds[0].shape[1], embed_dims=dims, depths=depths,
         patch_size=[w.shape[-1] for w in embeds],
         cls_token=[f"stage{i}.cls_token" in state_dict for i in stages],
+        qkv_bias=[f"stage{i}.blocks.0.attn.proj_q.bias" in state_dict for i in stages],
         pos_embed=[f"stage{i}.pos_embed" in state_dict for i in stages],
         num_classes=state_dict["head.weight"].shape[0] if "head.weight" in state_dict else 0,
         mlp_ratio=[state_dict[f"stage{i}.blocks.0.mlp.fc1.weight"].shape[0] / d
@@ -163,6 +166,15 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     q_convs = [state_dict.get(f"stage{i}.blocks.0.attn.conv_proj_q.conv.weight") for i in stages]
     if all(w is not None for w in q_convs):
         shape_fields.update(projection="dw_bn", kernel_qkv=[w.shape[-1] for w in q_convs])
+    elif "projection" not in overrides:  # 'avg' and 'linear' hold no weights
+        bare = [str(i) for i, w in enumerate(q_convs) if w is None]
+        which = (f"stage {bare[0]} has no q/k/v projection convs: it" if len(bare) == 1 else
+                 f"stages {', '.join(bare)} have no q/k/v projection convs: they")
+        examples = " or ".join(str(["dw_bn" if w is not None else m for w in q_convs])
+                               for m in ("avg", "linear"))
+        raise CheckpointError(f"{which} projected with 'avg' or 'linear', which hold no weights to "
+                              "tell them apart; pass projection=... with one method per stage, "
+                              f"e.g. {examples}")
     preset = next(iter(_presets_of(dims, depths)), None)
     if preset is None and "num_heads" not in overrides:
         raise CheckpointError(f"weights of embed_dims {dims} and depths {depths} match no preset "
@@ -171,16 +183,35 @@ def infer_config(state_dict: dict[str, torch.Tensor], **overrides: Any) -> CvTCo
     base = preset_config(preset) if preset else CvTConfig()
     if not {"token_embed", "patch_stride", "patch_padding"} & set(overrides):
         for i, k in enumerate(shape_fields["patch_size"]):
+            if i >= base.num_stages:
+                raise CheckpointError(
+                    f"stage {i} token embedding has a {k}x{k} kernel and no preset has a stage "
+                    f"{i}; weights record no stride or padding: pass token_embed=... or "
+                    "patch_stride/patch_padding")
             if k != base.patch_size[i]:  # the stride and padding that go with it are unknown
                 raise CheckpointError(
                     f"stage {i} token embedding has a {k}x{k} kernel, preset {preset or 'cvt13'}'s "
                     f"{base.patch_size[i]}x{base.patch_size[i]}, and weights record no stride or "
                     "padding: pass token_embed=... or patch_stride/patch_padding")
     fields = {**shape_fields, **overrides}
+    if preset is None:  # any stage count: CvT-13's values that fit it
+        fields = {**_stage_defaults(len(stages)), **fields}
     config = preset_config(preset, **fields) if preset else CvTConfig.build(**fields)
     if any(config.pos_embed) and "img_size" not in overrides:
         config = config.replace(img_size=_trained_img_size(config, state_dict))
     return config
+
+
+def _stage_defaults(n: int) -> dict[str, Any]:
+    """CvT-13's per-stage values for ``n`` stages: those equal in every stage and the drop-path
+    rate, which as a scalar goes to the last stage; with at most 3 stages, the token-embedding
+    strides and paddings of its first ``n`` (infer_config checked their kernels)."""
+    base = CvTConfig()
+    out = {name: value[-1] for name, value in base.to_dict().items()
+           if isinstance(value, tuple) and (len(set(value)) == 1 or name == "drop_path")}
+    if n <= base.num_stages:
+        out.update(patch_stride=base.patch_stride[:n], patch_padding=base.patch_padding[:n])
+    return out
 
 
 def _trained_img_size(config: CvTConfig, state_dict: dict[str, torch.Tensor]) -> int:

@@ -403,7 +403,8 @@ class CvT(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """The original code's init: Linear trunc-normal(0.02), zero bias; norms 1/0; convs default."""
+    """The original code's init ('trunc_norm'): Linear trunc-normal(0.02), zero bias; norms 1/0;
+    convs default. (The original leaves its classifier's bias at PyTorch's default; zero here.)"""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
