@@ -354,3 +354,26 @@ def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):
     with pytest.raises(ValueError) as err:
         create_model("cvt_tiny", **knobs)
     assert str(err.value) == message
+
+
+def test_init_is_the_original_trunc_norm_scheme_head_included():
+    """microsoft/CvT's 'trunc_norm' init per stage, then only the classifier's weight."""
+    torch.manual_seed(0)
+    model = create_model("cvt13")
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    head = linears.pop("head")
+    for name, m in linears.items():  # q/k/v/out projections and MLPs of every block
+        assert torch.count_nonzero(m.bias) == 0, name
+        assert abs(m.weight.std().item() - 0.02) < 0.002, name
+    assert abs(head.weight.std().item() - 0.02) < 0.002
+    bound = 384 ** -0.5  # PyTorch's default Linear bias: uniform in +-1/sqrt(fan_in)
+    assert head.bias.abs().max() <= bound and head.bias.std() > bound / 3  # not zeroed
+    for m in model.modules():
+        if isinstance(m, (torch.nn.LayerNorm, torch.nn.BatchNorm2d)):
+            assert torch.equal(m.weight, torch.ones_like(m.weight))
+            assert torch.count_nonzero(m.bias) == 0
+    assert abs(model.stage2.cls_token.std().item() - 0.02) < 0.005
+    # a head reset for fine-tuning starts the same way
+    model.reset_classifier(7)
+    assert model.head.bias.abs().max() <= bound and torch.count_nonzero(model.head.bias) == 7
+    assert abs(model.head.weight.std().item() - 0.02) < 0.004

@@ -320,8 +320,8 @@ class CvT(nn.Module):
             chans = config.embed_dims[i]
         self.num_features = chans
         self.norm = nn.LayerNorm(chans, eps=config.layer_norm_eps)
-        self.head = nn.Linear(chans, config.num_classes) if config.num_classes > 0 else nn.Identity()
-        self.apply(_init_weights)
+        self.apply(_init_weights)  # before the head, which the original initialises apart
+        self.head = _classifier(chans, config.num_classes)
         for stage in self.stages:
             for p in (stage.cls_token, stage.pos_embed):
                 if p is not None:
@@ -344,10 +344,7 @@ class CvT(nn.Module):
     def reset_classifier(self, num_classes: int) -> None:
         """New head for fine-tuning on another label set, on the model's device and dtype."""
         like = {"device": self.norm.weight.device, "dtype": self.norm.weight.dtype}
-        self.head = (nn.Linear(self.num_features, num_classes, **like) if num_classes > 0
-                     else nn.Identity())
-        if num_classes > 0:
-            _init_weights(self.head)
+        self.head = _classifier(self.num_features, num_classes, **like)
         self.config = self.config.replace(num_classes=num_classes)
 
     @property
@@ -403,8 +400,8 @@ class CvT(nn.Module):
 
 
 def _init_weights(m: nn.Module) -> None:
-    """The original code's init ('trunc_norm'): Linear trunc-normal(0.02), zero bias; norms 1/0;
-    convs default. (The original leaves its classifier's bias at PyTorch's default; zero here.)"""
+    """The original code's init ('trunc_norm') of every stage: Linear trunc-normal(0.02), zero
+    bias; norms 1/0; convs PyTorch's default."""
     if isinstance(m, nn.Linear):
         nn.init.trunc_normal_(m.weight, std=0.02)
         if m.bias is not None:
@@ -412,6 +409,17 @@ def _init_weights(m: nn.Module) -> None:
     elif isinstance(m, (nn.LayerNorm, nn.BatchNorm2d)):
         nn.init.ones_(m.weight)
         nn.init.zeros_(m.bias)
+
+
+
+def _classifier(dim: int, num_classes: int, **like: Any) -> nn.Module:
+    """The head as the original initialises it: weight trunc-normal(0.02), bias at PyTorch's
+    default (uniform in +-1/sqrt(dim)); no head (features out) for ``num_classes`` 0."""
+    if num_classes <= 0:
+        return nn.Identity()
+    head = nn.Linear(dim, num_classes, **like)
+    nn.init.trunc_normal_(head.weight, std=0.02)
+    return head
 
 
 __all__ = ["CvT", "QuickGELU", "DropPath", "resample_pos_embed", "token_grid"]
