@@ -152,6 +152,8 @@ def test_ddp_cpu_run_writes_one_run_and_reports_metrics_over_both_ranks(tmp_path
     assert out.count("Final metrics") == 1  # rank zero only
     # rank 1 ended with a traceback after the summary (it asked its dummy W&B run for a dir)
     assert "Traceback" not in out and "Error executing job" not in out, out[-3000:]
+    # the lr schedule's warning (5 warmup epochs of 3 steps' run) comes once, not once a rank
+    assert out.count("covers the whole run") == 1
     # train/acc1 is gathered over the ranks: no Lightning advice to sync it
     assert "self.log('train/acc1', ..., sync_dist=True)" not in out
     assert "self.log('train/img_per_sec', ..., sync_dist=True)" not in out  # averaged over ranks
