@@ -34,7 +34,8 @@ def check(*overrides: str) -> None:
     ["trainer=ddp_cpu", "trainer.accumulate_grad_batches=4"],        # 64 = 2 x 4 x 8
     ["trainer.precision=bf16-mixed", "channels_last=true"],
     ["compile=true"],
-    ["trainer=ddp_cpu", "hydra.mode=MULTIRUN", "trainer.strategy=ddp_spawn"],
+    ["trainer=ddp_cpu", "hydra.mode=MULTIRUN", "trainer.strategy=ddp_spawn", "~logger.csv"],
+    ["trainer=ddp_cpu", "trainer.strategy=ddp_spawn", "logger=csv", "test=false"],
 ])
 def test_settings_that_run_here_pass(overrides):
     check(*overrides)
@@ -57,6 +58,11 @@ def test_settings_that_run_here_pass(overrides):
      "trainer.sync_batchnorm=true needs GPUs"),
     (["trainer=ddp_cpu", "hydra.mode=MULTIRUN"],
      "use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps"),
+    # trained, then failed as the test began (ValueError: dict contains fields not in fieldnames)
+    (["trainer=ddp_cpu", "trainer.strategy=ddp_spawn"],
+     "trainer.strategy=ddp_spawn with the CSV logger fails when the test starts after training"),
+    (["trainer=ddp_cpu", "hydra.mode=MULTIRUN", "trainer.strategy=ddp_spawn", "logger=csv"],
+     "drop the CSV logger with ~logger.csv"),
 ])
 def test_settings_that_cannot_run_fail_with_the_fix(overrides, message):
     with pytest.raises(HardwareError, match=re.escape(message)):
