@@ -3,6 +3,7 @@ metrics and loss equal a one-process evaluation."""
 
 from __future__ import annotations
 
+import json
 from types import SimpleNamespace
 
 import lightning as L
@@ -14,7 +15,8 @@ from torchmetrics.classification import MulticlassAccuracy
 
 from cvt_lab.data import DataSourceError, ImageDataModule
 from cvt_lab.module import CvTModule
-from data_helpers import png_bytes
+from conftest import run_cli
+from data_helpers import make_folder, png_bytes
 
 LABELS = [0, 1, 1, 0, 1, 1, 0]  # 7 samples, 3 of class 0; DistributedSampler would repeat sample 0
 SEVEN = {"name": "seven", "mean": [0.5] * 3, "std": [0.5] * 3, "num_classes": 2, "image_size": 8,
@@ -147,3 +149,21 @@ def test_ddp_epoch_train_loss_is_the_mean_over_every_ranks_batches(tmp_path):
     assert float(trainer.callback_metrics["train/loss_epoch"]) == pytest.approx(
         sum(every_step) / len(every_step), rel=1e-5)
     assert sum(per_rank[0]) / len(per_rank[0]) != pytest.approx(sum(every_step) / len(every_step))
+
+
+@pytest.mark.slow
+def test_a_corrupt_image_seen_by_rank_1_alone_stops_both_ranks_and_is_the_recorded_error(tmp_path):
+    # the unpadded val sampler gives rank 1 the odd rows: val/cat/1.png breaks in its sanity
+    # check only. Rank 0 then failed in a collective ("Connection closed by peer") and, as the
+    # one rank allowed to write it, recorded that in failed.json instead of the real cause
+    root = make_folder(tmp_path / "pets", {"train": 4, "val": 2})
+    (root / "val" / "cat" / "1.png").write_bytes(b"not a png")
+    run_dir = tmp_path / "run"
+    proc = run_cli("trainer=ddp_cpu", "data=folder", f"data.root={root}", "data.image_size=32",
+                   "data.batch_size=4", "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}",
+                   "trainer.max_epochs=1", "logger=csv", f"hydra.run.dir={run_dir}", timeout=240)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "[cvt_lab][ERROR] - ImageDecodeError: cannot decode" in out and "cat/1.png" in out
+    failed = json.loads((run_dir / "failed.json").read_text())
+    assert failed["error"].startswith("ImageDecodeError: cannot decode"), failed["error"]

@@ -23,6 +23,8 @@ FP16_MIXED = ("16-mixed", "16")
 BF16 = ("bf16-mixed", "bf16", "bf16-true")
 # Strategies whose processes Lightning starts by re-running sys.argv (breaks Hydra multirun).
 SUBPROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
+# Strategies that start new processes for each of fit and test (and return to this one between)
+SPAWN_STRATEGIES = ("ddp_spawn", "ddp_fork", "ddp_notebook")
 
 
 class HardwareError(ConfigError):
@@ -66,6 +68,7 @@ def validate_hardware(cfg: DictConfig) -> None:
             "set trainer.sync_batchnorm=false (trainer=ddp_cpu does)")
     _check_hydra_under_ddp(trainer)
     _check_slurm_tasks(trainer)
+    _check_csv_under_spawn(cfg)
 
 
 def _check_devices(trainer: dict[str, Any]) -> None:
@@ -167,6 +170,21 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
             "processes started by torchrun/srun each pick their own time-stamped run dir; give "
             "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "
             "hydra.run.dir=logs/train/runs/$SLURM_JOB_ID)")
+
+
+def _check_csv_under_spawn(cfg: DictConfig) -> None:
+    """Lightning's CSVLogger fails in the second group of spawned processes: the test's
+    writer starts without the header that fit's processes wrote, and rewriting metrics.csv
+    under its own header raises ValueError ("dict contains fields not in fieldnames")."""
+    strategy = str(cfg.trainer.get("strategy", "auto"))
+    loggers = (cfg.get("logger") or {}).values()
+    csv = any(str((node or {}).get("_target_", "")).endswith("CSVLogger") for node in loggers)
+    if csv and strategy.startswith(SPAWN_STRATEGIES) and cfg.get("train") and cfg.get("test"):
+        raise HardwareError(
+            f"trainer.strategy={strategy} with the CSV logger fails when the test starts after "
+            "training (Lightning's CSVLogger loses the header of the metrics.csv that fit's "
+            "processes wrote); use trainer.strategy=ddp for a single run, or drop the CSV logger "
+            "with ~logger.csv (W&B still logs), or set test=false")
 
 
 def _check_slurm_tasks(trainer: dict[str, Any]) -> None:

@@ -10,10 +10,10 @@ schedule multiplies every group's lr by the same factor.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any
 
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from .validate import OPTIMIZERS, SCHEDULES, one_of
@@ -102,17 +102,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict[str, Any], opt_c
     start = cfg.get("warmup_lr", 0.0) / peak
     end = cfg.get("min_lr", 0.0) / peak
     if cfg["name"] == "cosine" and end > 1.0:  # a small batch scales the peak below min_lr
-        warnings.warn(
+        rank_zero_warn(  # (once, not once per DDP rank; stacklevel: build_scheduler's caller)
             f"scheduler.min_lr={cfg['min_lr']} is above the peak lr {peak:.3g} (optimizer.lr="
             f"{opt_cfg['lr']} scaled to the global batch {opt_cfg['batch_size']} per ref_batch="
             f"{opt_cfg.get('ref_batch')}): the cosine rises instead of decaying. Lower "
-            "scheduler.min_lr or raise optimizer.lr", stacklevel=2)
+            "scheduler.min_lr or raise optimizer.lr", stacklevel=5)
     if warmup >= total_steps > 0:  # a shortened recipe (e.g. 5 warmup epochs of 5)
         given = (f"warmup_steps={warmup}" if cfg.get("warmup_steps") is not None else
                  f"warmup_epochs={cfg.get('warmup_epochs')} = {warmup} steps")
-        warnings.warn(
+        rank_zero_warn(
             f"scheduler.{given} covers the whole run ({total_steps} optimizer steps): the lr "
-            "only rises and never decays. Lower the warmup or train longer", stacklevel=2)
+            "only rises and never decays. Lower the warmup or train longer", stacklevel=5)
     milestones = [round(e * steps_per_epoch) for e in cfg.get("milestones", [])]
     kind = cfg["name"]
     if kind not in SCHEDULES:

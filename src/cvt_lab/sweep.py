@@ -37,8 +37,8 @@ def run_job(cfg: DictConfig, run: Callable[[DictConfig], dict[str, float]]) -> d
     try:
         metrics = run(cfg)
     except Exception as err:  # any error: record it for the report, then let Hydra handle it
-        write_json(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
-                                       "traceback": traceback.format_exc()})
+        write_failure(out / FAILED_FILE, {"error": f"{type(err).__name__}: {err}",
+                                          "traceback": traceback.format_exc()})
         if is_multirun():  # (a single run's error is printed once, by run.py or Hydra)
             log.error("Job failed (%s); traceback in %s", err, out / FAILED_FILE)
         raise  # (train.run has closed the job's W&B run)
@@ -92,7 +92,23 @@ def clear_outcome(out: Path) -> None:
 @rank_zero_only
 def write_json(path: Path, data: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    path.write_text(_dumps(data))
+
+
+def write_failure(path: Path, data: dict[str, Any]) -> None:
+    """Write ``failed.json`` from any rank, unless a rank of this run wrote it first: under
+    DDP the first rank to fail has the cause (a corrupt image only it read); the others then
+    fail in a collective ("Connection closed by peer"), which must not replace it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with open(path, "x") as f:  # created atomically: one writer wins
+            f.write(_dumps(data))
+    except FileExistsError:
+        pass
+
+
+def _dumps(data: dict[str, Any]) -> str:
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
 def sqlite_storage(path: str) -> str:

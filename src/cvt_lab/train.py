@@ -108,18 +108,19 @@ def run(cfg: DictConfig) -> dict[str, float]:
         _finish_wandb(loggers, exit_code=1)  # a sweep's next job must not log into this run
         raise
 
-    print_summary(
-        {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
-        {"run dir": cfg.paths.output_dir,
-         # without training, the best path is the one restored from ckpt_path's callback state
-         "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
-         "tested ckpt": ckpt_path if not cfg.train else None,
-         "tested weights": cfg.model.pretrained if tests_pretrained else None,
-         "last ckpt": guard.last if guard.last.exists() else None,
-         # (a disabled W&B run names a folder it never writes)
-         "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)
-                        and Path(lg.experiment.dir).is_dir()), None),
-         "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
+    if trainer.is_global_zero:  # (other DDP ranks hold a dummy W&B run, with no dir)
+        print_summary(
+            {k: v for k, v in metrics.items() if "/acc" in k or k.endswith("loss")},
+            {"run dir": cfg.paths.output_dir,
+             # without training, the best path is the one restored from ckpt_path's callback state
+             "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
+             "tested ckpt": ckpt_path if not cfg.train else None,
+             "tested weights": cfg.model.pretrained if tests_pretrained else None,
+             "last ckpt": guard.last if guard.last.exists() else None,
+             # (a disabled W&B run names a folder it never writes)
+             "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)
+                            and Path(lg.experiment.dir).is_dir()), None),
+             "csv": next((lg.log_dir for lg in loggers if type(lg).__name__ == "CSVLogger"), None)})
     _finish_wandb(loggers)
     return metrics
 
