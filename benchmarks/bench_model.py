@@ -30,6 +30,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -45,7 +46,11 @@ from cvt_lab.models import create_model
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_FLOPS_PER_IMG = 27.2e9
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+# dense bf16 tensor-core peaks (FLOP/s, no sparsity), searched for in torch.cuda.get_device_name()
+# in this order: the PCIe and NVL parts of a chip come before its SXM figure, and "L4" must
+# not match "NVIDIA L40S"
+PEAK_BF16_FLOPS = ((r"H100.*PCIe", 756e12), (r"H[12]00.*NVL", 835e12), (r"H[12]00\b", 989e12),
+                   (r"A100\b", 312e12), (r"L4\b", 121e12))
 IMPLS = ("ours", "transformers")
 DOC_MARK = "<!-- bench_model:{tag}:{end} -->"  # one block per setting, e.g. cpu-2t, cuda
 
@@ -239,6 +244,14 @@ def measure_own_process(mode: str, path: Path, args: argparse.Namespace) -> dict
 
 
 # ---------------------------------------------------------------- runs
+def peak_bf16_flops(device_name: str, peak_tflops: float | None = None) -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s, for MFU: ``peak_tflops`` if given, else the table's
+    figure for this device name (None: unknown)."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    return next((v for pattern, v in PEAK_BF16_FLOPS if re.search(pattern, device_name)), None)
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -266,8 +279,10 @@ def run(args: argparse.Namespace, path: Path) -> dict:
     peak = None
     if not cpu:
         name = torch.cuda.get_device_name()
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-            (v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        peak = peak_bf16_flops(name, args.peak_tflops)
+        if peak is None:
+            print(f"no MFU: the bf16 peak of {name!r} is not in PEAK_BF16_FLOPS; pass it "
+                  f"with --peak-tflops (dense, without sparsity)")
         result["peak_bf16_flops"] = peak
     for compiled in (False, True) if (args.compile or not cpu) else (False,):
         models = {impl: load(impl, path).to(device) for impl in IMPLS}

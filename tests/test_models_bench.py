@@ -68,3 +68,22 @@ def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path
     assert macs("bmm", ((2, 4, 3), (2, 3, 5))) == 2 * 4 * 3 * 5
     assert macs("_scaled_dot_product_flash_attention_for_cpu", ((2, 3, 10, 8), (2, 3, 4, 8))) == 2 * 2 * 3 * 10 * 4 * 8
     assert macs("gelu", ((4, 3),)) is None
+
+
+def _bench_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_model
+
+    return bench_model
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+    ("NVIDIA H200", 989), ("NVIDIA GH200 480GB", 989), ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100-PCIE-40GB", 312), ("NVIDIA L4", 121), ("NVIDIA L40S", None)])
+def test_mfu_peak_is_the_devices_own_dense_bf16_figure(name, tflops):
+    """'NVIDIA H100 PCIe' took the SXM part's 989 TFLOP/s (MFU 24% too low) and 'NVIDIA L40S'
+    the L4's 121: the table was matched by substring, first entry first."""
+    peak = _bench_model().peak_bf16_flops(name)
+    assert peak == (None if tflops is None else tflops * 1e12)
+    assert _bench_model().peak_bf16_flops(name, peak_tflops=500) == 500e12
