@@ -13,7 +13,8 @@ CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 thread
   training loop sees, without the allocator churn that interleaving two models causes.
   ``--compile`` adds compiled-vs-compiled rows (inductor; over a minute per model here).
 GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
-  from ``torch.cuda.max_memory_allocated``; MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
+  from ``torch.cuda.max_memory_allocated`` above the memory allocated before the step;
+  MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
   (27.2 = 3 passes x 2 FLOP/MAC x 4.53 GMACs, the paper's CvT-13 cost).
 
 Outputs match before anything is timed (logits and training loss to 1e-4).
@@ -243,6 +244,19 @@ def measure_own_process(mode: str, path: Path, args: argparse.Namespace) -> dict
             "speedup": statistics.median(a / b for a, b in zip(rates["ours"], rates["transformers"]))}
 
 
+def cuda_step_peak_mib(step) -> float:
+    """GPU: what one step adds to the allocated memory at its peak, in MiB (as on the CPU: the
+    weights, AdamW state and gradients of both implementations and the batch, all allocated
+    before the step, are not part of it)."""
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 # ---------------------------------------------------------------- runs
 def peak_bf16_flops(device_name: str, peak_tflops: float | None = None) -> float | None:
     """The GPU's dense bf16 peak in FLOP/s, for MFU: ``peak_tflops`` if given, else the table's
@@ -266,8 +280,8 @@ def machine() -> dict:
 
 def run(args: argparse.Namespace, path: Path) -> dict:
     """Eager rows always; compiled rows on GPU, and on CPU with --compile (each compile takes
-    over a minute on 2 cores). Peak memory: RSS in a fresh process on CPU (eager only),
-    ``max_memory_allocated`` on GPU."""
+    over a minute on 2 cores). Peak memory, what one step adds: RSS in a fresh process on CPU
+    (eager only), ``max_memory_allocated`` on GPU."""
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     if cpu:
@@ -295,12 +309,8 @@ def run(args: argparse.Namespace, path: Path) -> dict:
             for impl in IMPLS:
                 if cpu and not compiled:
                     summary[f"{impl}_peak_mib"] = measure_memory(impl, mode, path, args)["peak_mib"]
-                elif not cpu:  # peak of one step on its own
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    steps[impl]()
-                    sync(device)
-                    summary[f"{impl}_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                elif not cpu:
+                    summary[f"{impl}_peak_mib"] = cuda_step_peak_mib(steps[impl])
                 if mode == "train" and peak:
                     summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * TRAIN_FLOPS_PER_IMG / peak
             if cpu and not compiled and args.own_process:

@@ -87,3 +87,26 @@ def test_mfu_peak_is_the_devices_own_dense_bf16_figure(name, tflops):
     peak = _bench_model().peak_bf16_flops(name)
     assert peak == (None if tflops is None else tflops * 1e12)
     assert _bench_model().peak_bf16_flops(name, peak_tflops=500) == 500e12
+
+
+def test_cuda_peak_memory_is_what_one_step_adds(monkeypatch):
+    """On a GPU the peak column counted everything allocated at the step's peak: both
+    implementations' weights, gradients and AdamW state and the batch, not what the step
+    itself adds (the CPU column's and the docs' meaning), so the memory ratio drifted to 1."""
+    bench_model = _bench_model()
+    memory = {"now": 900 * 2**20, "peak": 0}  # a fake allocator: 900 MiB held before the step
+
+    def allocate(mib):
+        memory["now"] += mib * 2**20
+        memory["peak"] = max(memory["peak"], memory["now"])
+
+    def step():  # frees its 100 MiB of old gradients, peaks 300 MiB up, keeps new gradients
+        allocate(-100), allocate(400), allocate(-300)
+
+    fake = {"empty_cache": lambda: None, "synchronize": lambda: None,
+            "memory_allocated": lambda: memory["now"],
+            "max_memory_allocated": lambda: memory["peak"],
+            "reset_peak_memory_stats": lambda: memory.update(peak=memory["now"])}
+    for name, fn in fake.items():
+        monkeypatch.setattr(bench_model.torch.cuda, name, fn)
+    assert bench_model.cuda_step_peak_mib(step) == 300
