@@ -14,8 +14,9 @@ CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 thread
   ``--compile`` adds compiled-vs-compiled rows (inductor; over a minute per model here).
 GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
   from ``torch.cuda.max_memory_allocated`` above the memory allocated before the step;
-  MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
-  (27.2 = 3 passes x 2 FLOP/MAC x 4.53 GMACs, the paper's CvT-13 cost).
+  MFU = train img/s x FLOP per training image / peak bf16 FLOP/s, where a training image
+  costs 3 passes x 2 FLOP/MAC x the model's ``count_macs`` at ``--img`` (CvT-13 at 224 px:
+  27.4 G; the paper's 4.53 GMACs would give 27.2).
 
 Outputs match before anything is timed (logits and training loss to 1e-4).
 
@@ -43,10 +44,9 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from cvt_lab.models import create_model
+from cvt_lab.models import count_macs, create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FLOPS_PER_IMG = 27.2e9
 # dense bf16 tensor-core peaks (FLOP/s, no sparsity), searched for in torch.cuda.get_device_name()
 # in this order: the PCIe and NVL parts of a chip come before its SXM figure, and "L4" must
 # not match "NVIDIA L40S"
@@ -266,6 +266,12 @@ def peak_bf16_flops(device_name: str, peak_tflops: float | None = None) -> float
     return next((v for pattern, v in PEAK_BF16_FLOPS if re.search(pattern, device_name)), None)
 
 
+def train_flops_per_img(model: torch.nn.Module, img: int) -> float:
+    """FLOP of one training image: forward + backward (twice the forward) = 3 passes, 2 FLOP
+    per multiply-add, of the benchmarked model at the benchmarked size."""
+    return 3 * 2 * count_macs(model, img)
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -301,6 +307,7 @@ def run(args: argparse.Namespace, path: Path) -> dict:
     for compiled in (False, True) if (args.compile or not cpu) else (False,):
         models = {impl: load(impl, path).to(device) for impl in IMPLS}
         result["max_logit_diff"] = check_equal(models, x[:8], y[:8])
+        result["train_flops_per_img"] = train_flops_per_img(models["ours"], args.img)
         if compiled:
             models = {n: torch.compile(m) for n, m in models.items()}
         for mode in ("forward", "train"):
@@ -312,7 +319,7 @@ def run(args: argparse.Namespace, path: Path) -> dict:
                 elif not cpu:
                     summary[f"{impl}_peak_mib"] = cuda_step_peak_mib(steps[impl])
                 if mode == "train" and peak:
-                    summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * TRAIN_FLOPS_PER_IMG / peak
+                    summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * result["train_flops_per_img"] / peak
             if cpu and not compiled and args.own_process:
                 summary["own_process"] = measure_own_process(mode, path, args)
             result[f"{mode}{'_compiled' if compiled else ''}"] = summary

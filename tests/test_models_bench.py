@@ -110,3 +110,14 @@ def test_cuda_peak_memory_is_what_one_step_adds(monkeypatch):
     for name, fn in fake.items():
         monkeypatch.setattr(bench_model.torch.cuda, name, fn)
     assert bench_model.cuda_step_peak_mib(step) == 300
+
+
+def test_mfu_counts_the_benchmarked_models_flops_at_its_size():
+    """MFU used CvT-13's 27.2 GFLOP at 224 px whatever ran: --img 384 (3.6x the work) came
+    out 3.6x too low, --smoke absurdly high."""
+    from cvt_lab.models import create_model
+
+    flops = _bench_model().train_flops_per_img
+    assert flops(create_model("cvt13"), 224) == pytest.approx(3 * 2 * 4.53e9, rel=0.01)
+    assert flops(create_model("cvt13"), 384) == pytest.approx(3 * 2 * 16.3e9, rel=0.01)
+    assert flops(create_model("cvt_tiny", num_classes=10), 32) == pytest.approx(3 * 2 * 15.43e6, rel=0.01)
