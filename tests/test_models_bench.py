@@ -121,3 +121,27 @@ def test_mfu_counts_the_benchmarked_models_flops_at_its_size():
     assert flops(create_model("cvt13"), 224) == pytest.approx(3 * 2 * 4.53e9, rel=0.01)
     assert flops(create_model("cvt13"), 384) == pytest.approx(3 * 2 * 16.3e9, rel=0.01)
     assert flops(create_model("cvt_tiny", num_classes=10), 32) == pytest.approx(3 * 2 * 15.43e6, rel=0.01)
+
+
+def test_gpu_table_goes_into_the_model_section_of_the_docs(tmp_path):
+    """The cuda block had no markers in docs/benchmarks.md, so the first GPU run appended
+    its table at the end of the file, under "Training (Lightning end to end)"."""
+    bench_model = _bench_model()
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text((ROOT / "docs" / "benchmarks.md").read_text())
+    rep = {"img_s": [2000.0], "cpu_img_s": [2000.0], "others_busy": [0.0]}
+    train = {**bench_model.summarise({"ours": rep, "transformers": rep}),
+             "ours_mfu": 0.55, "transformers_mfu": 0.55}
+    report = {"date": "2026-12-01T10:00", "command": "PYTHONPATH=src python benchmarks/bench_model.py",
+              "machine": {"cpu": "x", "cores": 16, "gpu": "NVIDIA H100 80GB HBM3",
+                          "torch": "2.13.0", "transformers": "5", "load_average": (0.1, 0.1, 0.1)},
+              "settings": {"device": "cuda", "dtype": "bf16 autocast", "batch": 128, "img": 224,
+                           "threads": 2, "reps": 5, "iters": 2},
+              "result": {"max_logit_diff": 1e-5, "train": train}}
+    bench_model.write_doc(doc, report)
+    text = doc.read_text()
+    model, data = text.index("## Model"), text.index("## Data pipeline")
+    assert model < text.index("<!-- bench_model:cuda:begin -->") < text.index(
+        "| train, interleaved | 2000.00 | 2000.00 | 1.00x (MFU 55.0% vs 55.0%) |") < data
+    bench_model.write_doc(doc, report)  # a re-run replaces its block
+    assert doc.read_text() == text
