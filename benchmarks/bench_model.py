@@ -405,13 +405,14 @@ def main() -> None:
         worker = memory_worker if args._memory else own_process_worker
         return worker(impl, mode, Path(path), args)
     transformers.logging.set_verbosity_error()
+    host = machine()  # before the run: its load average is the neighbours', not ours
     with tempfile.TemporaryDirectory() as tmp:
         save_reference(Path(tmp), args.smoke)
         result = run(args, Path(tmp))
     report = {
         "date": dt.datetime.now().isoformat(timespec="minutes"),
         "command": "PYTHONPATH=src python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": host,
         "settings": {"model": "smoke" if args.smoke else "cvt13", "device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "fp32",
                      "batch": args.batch, "img": args.img, "threads": args.threads,
                      "reps": args.reps, "iters": args.iters,

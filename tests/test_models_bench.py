@@ -145,3 +145,22 @@ def test_gpu_table_goes_into_the_model_section_of_the_docs(tmp_path):
         "| train, interleaved | 2000.00 | 2000.00 | 1.00x (MFU 55.0% vs 55.0%) |") < data
     bench_model.write_doc(doc, report)  # a re-run replaces its block
     assert doc.read_text() == text
+
+
+def test_load_average_is_taken_before_the_benchmark_runs(monkeypatch, tmp_path):
+    """The report says "load average at start", but it was read after the run, when the
+    benchmark's own threads had raised it (a 1-thread run on an idle machine read ~1)."""
+    bench_model = _bench_model()
+    load = {"now": (0.1, 0.1, 0.1)}
+    monkeypatch.setattr(bench_model.os, "getloadavg", lambda: load["now"])
+
+    def run(args, path):  # the benchmark itself loads the machine
+        load["now"] = (2.0, 1.0, 0.5)
+        return {"max_logit_diff": 0.0}
+
+    monkeypatch.setattr(bench_model, "run", run)
+    out = tmp_path / "model.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--device", "cpu", "--smoke", "--no-doc",
+                                      "--json", str(out)])
+    bench_model.main()
+    assert json.loads(out.read_text())["machine"]["load_average"] == [0.1, 0.1, 0.1]
