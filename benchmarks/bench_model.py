@@ -398,6 +398,9 @@ def main() -> None:
     p.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_own", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device cuda, but torch.cuda.is_available() is False (torch {torch.__version__}): "
+                "install a CUDA build of torch (README: TORCH_SPEC) or use --device cpu")
     if args.batch is None:
         args.batch = 128 if args.device == "cuda" else 8
     if args._memory or args._own:

@@ -164,3 +164,15 @@ def test_load_average_is_taken_before_the_benchmark_runs(monkeypatch, tmp_path):
                                       "--json", str(out)])
     bench_model.main()
     assert json.loads(out.read_text())["machine"]["load_average"] == [0.1, 0.1, 0.1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
+def test_device_cuda_without_cuda_is_refused_naming_the_fix(monkeypatch, capsys):
+    """--device cuda with a CPU build of torch built the reference model, then failed
+    inside torch.randn ("Torch not compiled with CUDA enabled") without saying what to do."""
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--device", "cuda", "--smoke", "--no-doc"])
+    with pytest.raises(SystemExit) as exit_:
+        _bench_model().main()
+    assert exit_.value.code == 2
+    assert ("--device cuda, but torch.cuda.is_available() is False (torch "
+            in capsys.readouterr().err)
