@@ -183,6 +183,8 @@ def main() -> None:
     rows = []
     for batch in args.batch:
         for compiled in compiles:
+            if compiled:  # compile as a run at this batch would: dynamo's cache from the last
+                torch._dynamo.reset()  # batch size would make the batch dimension dynamic
             bare = bare_step_rate(args, batch, compiled)
             for path, clock in (("bare", bare),
                                 ("lightning", lightning_rate(args, batch, compiled, False)),
