@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--model", default="cvt13")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),  # one GPU: CUDA_VISIBLE_DEVICES picks it
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile happens here)")

@@ -34,3 +34,13 @@ def test_each_batch_size_compiles_with_static_shapes(monkeypatch, tmp_path):
         "--json", str(tmp_path / "rows.json")])
     bench_train.main()
     assert len(graphs) == 2 and not any(graphs)  # one static graph per batch size
+
+
+def test_a_device_index_is_refused(monkeypatch, capsys):
+    """--device cuda:0 passed every check: the bare row ran on the GPU with no synchronize
+    around its clock (it timed kernel launches) and the Lightning rows ran on the CPU."""
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cuda:0"])
+    with pytest.raises(SystemExit) as exit_:
+        bench_train.main()
+    assert exit_.value.code == 2
+    assert "argument --device: invalid choice: 'cuda:0'" in capsys.readouterr().err
