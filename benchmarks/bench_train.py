@@ -174,6 +174,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error(f"--warmup {args.warmup}: at least 1 (the Lightning rows' clock starts when "
+                     "the last warm-up batch ends)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible; use --device cpu")
     if args.threads:

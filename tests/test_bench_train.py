@@ -44,3 +44,14 @@ def test_a_device_index_is_refused(monkeypatch, capsys):
         bench_train.main()
     assert exit_.value.code == 2
     assert "argument --device: invalid choice: 'cuda:0'" in capsys.readouterr().err
+
+
+def test_warmup_of_zero_is_refused(monkeypatch, capsys):
+    """--warmup 0 ran, but the Lightning rows' clock starts at the end of the last warm-up
+    batch: it never started, and their rates came out near zero (seconds since boot)."""
+    monkeypatch.setattr(sys, "argv", ["bench_train.py", "--device", "cpu", "--warmup", "0"])
+    with pytest.raises(SystemExit) as exit_:
+        bench_train.main()
+    assert exit_.value.code == 2
+    assert ("--warmup 0: at least 1 (the Lightning rows' clock starts when the last warm-up "
+            "batch ends)") in capsys.readouterr().err
