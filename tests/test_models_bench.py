@@ -63,7 +63,7 @@ def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path
     assert [o["ms"] for o in ops] == sorted((o["ms"] for o in ops), reverse=True)
     assert sum(o["ms"] for o in ops) == pytest.approx(results["ours"]["ops_total_ms"])
     assert all(o["gmac_per_s"] > 0 for o in ops if o["op"] in ("addmm", "mm"))
-    assert "| forward | addmm |" in top_table(results["ours"], 50)
+    assert "| forward | addmm |" in top_table(results["ours"], len(ops))  # (its rank is timing)
     assert macs("addmm", ((5,), (4, 3), (3, 5))) == 4 * 3 * 5
     assert macs("bmm", ((2, 4, 3), (2, 3, 5))) == 2 * 4 * 3 * 5
     assert macs("_scaled_dot_product_flash_attention_for_cpu", ((2, 3, 10, 8), (2, 3, 4, 8))) == 2 * 2 * 3 * 10 * 4 * 8
