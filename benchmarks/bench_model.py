@@ -13,8 +13,10 @@ CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 thread
   training loop sees, without the allocator churn that interleaving two models causes.
   ``--compile`` adds compiled-vs-compiled rows (inductor; over a minute per model here).
 GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
-  from ``torch.cuda.max_memory_allocated``; MFU = train img/s x 27.2 GFLOP / peak bf16 FLOP/s
-  (27.2 = 3 passes x 2 FLOP/MAC x 4.53 GMACs, the paper's CvT-13 cost).
+  from ``torch.cuda.max_memory_allocated`` above the memory allocated before the step;
+  MFU = train img/s x FLOP per training image / peak bf16 FLOP/s, where a training image
+  costs 3 passes x 2 FLOP/MAC x the model's ``count_macs`` at ``--img`` (CvT-13 at 224 px:
+  27.4 G; the paper's 4.53 GMACs would give 27.2).
 
 Outputs match before anything is timed (logits and training loss to 1e-4).
 
@@ -30,6 +32,7 @@ import datetime as dt
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -41,11 +44,14 @@ import torch
 import torch.nn.functional as F
 import transformers
 
-from cvt_lab.models import create_model
+from cvt_lab.models import count_macs, create_model
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_FLOPS_PER_IMG = 27.2e9
-PEAK_BF16_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
+# dense bf16 tensor-core peaks (FLOP/s, no sparsity), searched for in torch.cuda.get_device_name()
+# in this order: the PCIe and NVL parts of a chip come before its SXM figure, and "L4" must
+# not match "NVIDIA L40S"
+PEAK_BF16_FLOPS = ((r"H100.*PCIe", 756e12), (r"H[12]00.*NVL", 835e12), (r"H[12]00\b", 989e12),
+                   (r"A100\b", 312e12), (r"L4\b", 121e12))
 IMPLS = ("ours", "transformers")
 DOC_MARK = "<!-- bench_model:{tag}:{end} -->"  # one block per setting, e.g. cpu-2t, cuda
 
@@ -238,7 +244,34 @@ def measure_own_process(mode: str, path: Path, args: argparse.Namespace) -> dict
             "speedup": statistics.median(a / b for a, b in zip(rates["ours"], rates["transformers"]))}
 
 
+def cuda_step_peak_mib(step) -> float:
+    """GPU: what one step adds to the allocated memory at its peak, in MiB (as on the CPU: the
+    weights, AdamW state and gradients of both implementations and the batch, all allocated
+    before the step, are not part of it)."""
+    torch.cuda.empty_cache()
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - before) / 2**20
+
+
 # ---------------------------------------------------------------- runs
+def peak_bf16_flops(device_name: str, peak_tflops: float | None = None) -> float | None:
+    """The GPU's dense bf16 peak in FLOP/s, for MFU: ``peak_tflops`` if given, else the table's
+    figure for this device name (None: unknown)."""
+    if peak_tflops:
+        return peak_tflops * 1e12
+    return next((v for pattern, v in PEAK_BF16_FLOPS if re.search(pattern, device_name)), None)
+
+
+def train_flops_per_img(model: torch.nn.Module, img: int) -> float:
+    """FLOP of one training image: forward + backward (twice the forward) = 3 passes, 2 FLOP
+    per multiply-add, of the benchmarked model at the benchmarked size."""
+    return 3 * 2 * count_macs(model, img)
+
+
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in
                 Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name")),
@@ -253,8 +286,8 @@ def machine() -> dict:
 
 def run(args: argparse.Namespace, path: Path) -> dict:
     """Eager rows always; compiled rows on GPU, and on CPU with --compile (each compile takes
-    over a minute on 2 cores). Peak memory: RSS in a fresh process on CPU (eager only),
-    ``max_memory_allocated`` on GPU."""
+    over a minute on 2 cores). Peak memory, what one step adds: RSS in a fresh process on CPU
+    (eager only), ``max_memory_allocated`` on GPU."""
     device = torch.device(args.device)
     cpu = device.type == "cpu"
     if cpu:
@@ -266,12 +299,15 @@ def run(args: argparse.Namespace, path: Path) -> dict:
     peak = None
     if not cpu:
         name = torch.cuda.get_device_name()
-        peak = args.peak_tflops * 1e12 if args.peak_tflops else next(
-            (v for k, v in PEAK_BF16_FLOPS.items() if k in name), None)
+        peak = peak_bf16_flops(name, args.peak_tflops)
+        if peak is None:
+            print(f"no MFU: the bf16 peak of {name!r} is not in PEAK_BF16_FLOPS; pass it "
+                  f"with --peak-tflops (dense, without sparsity)")
         result["peak_bf16_flops"] = peak
     for compiled in (False, True) if (args.compile or not cpu) else (False,):
         models = {impl: load(impl, path).to(device) for impl in IMPLS}
         result["max_logit_diff"] = check_equal(models, x[:8], y[:8])
+        result["train_flops_per_img"] = train_flops_per_img(models["ours"], args.img)
         if compiled:
             models = {n: torch.compile(m) for n, m in models.items()}
         for mode in ("forward", "train"):
@@ -280,14 +316,10 @@ def run(args: argparse.Namespace, path: Path) -> dict:
             for impl in IMPLS:
                 if cpu and not compiled:
                     summary[f"{impl}_peak_mib"] = measure_memory(impl, mode, path, args)["peak_mib"]
-                elif not cpu:  # peak of one step on its own
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                    steps[impl]()
-                    sync(device)
-                    summary[f"{impl}_peak_mib"] = torch.cuda.max_memory_allocated() / 2**20
+                elif not cpu:
+                    summary[f"{impl}_peak_mib"] = cuda_step_peak_mib(steps[impl])
                 if mode == "train" and peak:
-                    summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * TRAIN_FLOPS_PER_IMG / peak
+                    summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * result["train_flops_per_img"] / peak
             if cpu and not compiled and args.own_process:
                 summary["own_process"] = measure_own_process(mode, path, args)
             result[f"{mode}{'_compiled' if compiled else ''}"] = summary
@@ -366,6 +398,9 @@ def main() -> None:
     p.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_own", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error(f"--device cuda, but torch.cuda.is_available() is False (torch {torch.__version__}): "
+                "install a CUDA build of torch (README: TORCH_SPEC) or use --device cpu")
     if args.batch is None:
         args.batch = 128 if args.device == "cuda" else 8
     if args._memory or args._own:
@@ -373,13 +408,14 @@ def main() -> None:
         worker = memory_worker if args._memory else own_process_worker
         return worker(impl, mode, Path(path), args)
     transformers.logging.set_verbosity_error()
+    host = machine()  # before the run: its load average is the neighbours', not ours
     with tempfile.TemporaryDirectory() as tmp:
         save_reference(Path(tmp), args.smoke)
         result = run(args, Path(tmp))
     report = {
         "date": dt.datetime.now().isoformat(timespec="minutes"),
         "command": "PYTHONPATH=src python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
-        "machine": machine(),
+        "machine": host,
         "settings": {"model": "smoke" if args.smoke else "cvt13", "device": args.device, "dtype": "bf16 autocast" if args.device == "cuda" else "fp32",
                      "batch": args.batch, "img": args.img, "threads": args.threads,
                      "reps": args.reps, "iters": args.iters,

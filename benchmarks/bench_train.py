@@ -164,7 +164,8 @@ def main() -> None:
     parser.add_argument("--model", default="cvt13")
     parser.add_argument("--img-size", type=int, default=224)
     parser.add_argument("--batch", type=int, nargs="+", default=[8])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", choices=("cpu", "cuda"),  # one GPU: CUDA_VISIBLE_DEVICES picks it
+                        default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default="32-true", choices=["32-true", "bf16-mixed"])
     parser.add_argument("--compile", default="off", choices=["off", "on", "both"])
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps (compile happens here)")
@@ -173,6 +174,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (CPU)")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     args = parser.parse_args()
+    if args.warmup < 1:
+        parser.error(f"--warmup {args.warmup}: at least 1 (the Lightning rows' clock starts when "
+                     "the last warm-up batch ends)")
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda but no CUDA GPU is visible; use --device cpu")
     if args.threads:
@@ -183,6 +187,8 @@ def main() -> None:
     rows = []
     for batch in args.batch:
         for compiled in compiles:
+            if compiled:  # compile as a run at this batch would: dynamo's cache from the last
+                torch._dynamo.reset()  # batch size would make the batch dimension dynamic
             bare = bare_step_rate(args, batch, compiled)
             for path, clock in (("bare", bare),
                                 ("lightning", lightning_rate(args, batch, compiled, False)),

@@ -63,8 +63,116 @@ def test_op_breakdown_attributes_each_implementations_own_attention_ops(tmp_path
     assert [o["ms"] for o in ops] == sorted((o["ms"] for o in ops), reverse=True)
     assert sum(o["ms"] for o in ops) == pytest.approx(results["ours"]["ops_total_ms"])
     assert all(o["gmac_per_s"] > 0 for o in ops if o["op"] in ("addmm", "mm"))
-    assert "| forward | addmm |" in top_table(results["ours"], 50)
+    assert "| forward | addmm |" in top_table(results["ours"], len(ops))  # (its rank is timing)
     assert macs("addmm", ((5,), (4, 3), (3, 5))) == 4 * 3 * 5
     assert macs("bmm", ((2, 4, 3), (2, 3, 5))) == 2 * 4 * 3 * 5
     assert macs("_scaled_dot_product_flash_attention_for_cpu", ((2, 3, 10, 8), (2, 3, 4, 8))) == 2 * 2 * 3 * 10 * 4 * 8
     assert macs("gelu", ((4, 3),)) is None
+
+
+def _bench_model():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import bench_model
+
+    return bench_model
+
+
+@pytest.mark.parametrize("name, tflops", [
+    ("NVIDIA H100 80GB HBM3", 989), ("NVIDIA H100 PCIe", 756), ("NVIDIA H100 NVL", 835),
+    ("NVIDIA H200", 989), ("NVIDIA GH200 480GB", 989), ("NVIDIA A100-SXM4-80GB", 312),
+    ("NVIDIA A100-PCIE-40GB", 312), ("NVIDIA L4", 121), ("NVIDIA L40S", None)])
+def test_mfu_peak_is_the_devices_own_dense_bf16_figure(name, tflops):
+    """'NVIDIA H100 PCIe' took the SXM part's 989 TFLOP/s (MFU 24% too low) and 'NVIDIA L40S'
+    the L4's 121: the table was matched by substring, first entry first."""
+    peak = _bench_model().peak_bf16_flops(name)
+    assert peak == (None if tflops is None else tflops * 1e12)
+    assert _bench_model().peak_bf16_flops(name, peak_tflops=500) == 500e12
+
+
+def test_cuda_peak_memory_is_what_one_step_adds(monkeypatch):
+    """On a GPU the peak column counted everything allocated at the step's peak: both
+    implementations' weights, gradients and AdamW state and the batch, not what the step
+    itself adds (the CPU column's and the docs' meaning), so the memory ratio drifted to 1."""
+    bench_model = _bench_model()
+    memory = {"now": 900 * 2**20, "peak": 0}  # a fake allocator: 900 MiB held before the step
+
+    def allocate(mib):
+        memory["now"] += mib * 2**20
+        memory["peak"] = max(memory["peak"], memory["now"])
+
+    def step():  # frees its 100 MiB of old gradients, peaks 300 MiB up, keeps new gradients
+        allocate(-100), allocate(400), allocate(-300)
+
+    fake = {"empty_cache": lambda: None, "synchronize": lambda: None,
+            "memory_allocated": lambda: memory["now"],
+            "max_memory_allocated": lambda: memory["peak"],
+            "reset_peak_memory_stats": lambda: memory.update(peak=memory["now"])}
+    for name, fn in fake.items():
+        monkeypatch.setattr(bench_model.torch.cuda, name, fn)
+    assert bench_model.cuda_step_peak_mib(step) == 300
+
+
+def test_mfu_counts_the_benchmarked_models_flops_at_its_size():
+    """MFU used CvT-13's 27.2 GFLOP at 224 px whatever ran: --img 384 (3.6x the work) came
+    out 3.6x too low, --smoke absurdly high."""
+    from cvt_lab.models import create_model
+
+    flops = _bench_model().train_flops_per_img
+    assert flops(create_model("cvt13"), 224) == pytest.approx(3 * 2 * 4.53e9, rel=0.01)
+    assert flops(create_model("cvt13"), 384) == pytest.approx(3 * 2 * 16.3e9, rel=0.01)
+    assert flops(create_model("cvt_tiny", num_classes=10), 32) == pytest.approx(3 * 2 * 15.43e6, rel=0.01)
+
+
+def test_gpu_table_goes_into_the_model_section_of_the_docs(tmp_path):
+    """The cuda block had no markers in docs/benchmarks.md, so the first GPU run appended
+    its table at the end of the file, under "Training (Lightning end to end)"."""
+    bench_model = _bench_model()
+    doc = tmp_path / "benchmarks.md"
+    doc.write_text((ROOT / "docs" / "benchmarks.md").read_text())
+    rep = {"img_s": [2000.0], "cpu_img_s": [2000.0], "others_busy": [0.0]}
+    train = {**bench_model.summarise({"ours": rep, "transformers": rep}),
+             "ours_mfu": 0.55, "transformers_mfu": 0.55}
+    report = {"date": "2026-12-01T10:00", "command": "PYTHONPATH=src python benchmarks/bench_model.py",
+              "machine": {"cpu": "x", "cores": 16, "gpu": "NVIDIA H100 80GB HBM3",
+                          "torch": "2.13.0", "transformers": "5", "load_average": (0.1, 0.1, 0.1)},
+              "settings": {"device": "cuda", "dtype": "bf16 autocast", "batch": 128, "img": 224,
+                           "threads": 2, "reps": 5, "iters": 2},
+              "result": {"max_logit_diff": 1e-5, "train": train}}
+    bench_model.write_doc(doc, report)
+    text = doc.read_text()
+    model, data = text.index("## Model"), text.index("## Data pipeline")
+    assert model < text.index("<!-- bench_model:cuda:begin -->") < text.index(
+        "| train, interleaved | 2000.00 | 2000.00 | 1.00x (MFU 55.0% vs 55.0%) |") < data
+    bench_model.write_doc(doc, report)  # a re-run replaces its block
+    assert doc.read_text() == text
+
+
+def test_load_average_is_taken_before_the_benchmark_runs(monkeypatch, tmp_path):
+    """The report says "load average at start", but it was read after the run, when the
+    benchmark's own threads had raised it (a 1-thread run on an idle machine read ~1)."""
+    bench_model = _bench_model()
+    load = {"now": (0.1, 0.1, 0.1)}
+    monkeypatch.setattr(bench_model.os, "getloadavg", lambda: load["now"])
+
+    def run(args, path):  # the benchmark itself loads the machine
+        load["now"] = (2.0, 1.0, 0.5)
+        return {"max_logit_diff": 0.0}
+
+    monkeypatch.setattr(bench_model, "run", run)
+    out = tmp_path / "model.json"
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--device", "cpu", "--smoke", "--no-doc",
+                                      "--json", str(out)])
+    bench_model.main()
+    assert json.loads(out.read_text())["machine"]["load_average"] == [0.1, 0.1, 0.1]
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the error without CUDA")
+def test_device_cuda_without_cuda_is_refused_naming_the_fix(monkeypatch, capsys):
+    """--device cuda with a CPU build of torch built the reference model, then failed
+    inside torch.randn ("Torch not compiled with CUDA enabled") without saying what to do."""
+    monkeypatch.setattr(sys, "argv", ["bench_model.py", "--device", "cuda", "--smoke", "--no-doc"])
+    with pytest.raises(SystemExit) as exit_:
+        _bench_model().main()
+    assert exit_.value.code == 2
+    assert ("--device cuda, but torch.cuda.is_available() is False (torch "
+            in capsys.readouterr().err)
