@@ -34,6 +34,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _torch_threads_kept():
+    """A test that calls a benchmark's main() sets torch's thread count for this process; the
+    tests after it must not inherit it (a resume test compares an in-process run with one in a
+    subprocess, and a different thread count changes float rounding)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def make_cfg(tmp_path):
     """make_cfg(*overrides) -> a composed config writing into tmp_path (CSV logger only)."""
