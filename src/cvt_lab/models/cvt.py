@@ -411,7 +411,6 @@ def _init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-
 def _classifier(dim: int, num_classes: int, **like: Any) -> nn.Module:
     """The head as the original initialises it: weight trunc-normal(0.02), bias at PyTorch's
     default (uniform in +-1/sqrt(dim)); no head (features out) for ``num_classes`` 0."""
