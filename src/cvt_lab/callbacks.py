@@ -90,6 +90,13 @@ class StepCheckpoint(ModelCheckpoint):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any,
                            batch: Any, batch_idx: int) -> None:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        if not (epoch_loop._num_ready_batches_reached() or epoch_loop._should_accumulate()):
+        if resumable_step_end(trainer):
             super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+def resumable_step_end(trainer: L.Trainer) -> bool:
+    """Whether a checkpoint taken after this batch resumes exactly: an optimizer step has just
+    ended (not a batch that only accumulates) and it is not the epoch's last batch, whose
+    checkpoint Lightning restores as a finished epoch, skipping the epoch's validation."""
+    epoch_loop = trainer.fit_loop.epoch_loop
+    return not (epoch_loop._should_accumulate() or epoch_loop._num_ready_batches_reached())

@@ -20,6 +20,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from .callbacks import resumable_step_end
 from .resume import WANDB_ID_KEY
 
 FIXES = ("Usual fixes: lower optimizer.lr or lengthen the warmup (scheduler.warmup_epochs), "
@@ -195,14 +196,11 @@ class RunGuard(L.Callback):
 
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            outputs: Any, batch: Any, batch_idx: int) -> None:
-        epoch_loop = trainer.fit_loop.epoch_loop
-        accumulating = epoch_loop._should_accumulate()
-        if accumulating:  # (one process: set by the handler)
+        if trainer.fit_loop.epoch_loop._should_accumulate():  # (one process: set by the handler)
             trainer._signal_connector.received_sigterm = False  # stop after the group's step
         # acted on after the optimizer step, so the checkpoint holds a whole step; at an epoch's
-        # last batch after the epoch's validation (on_train_epoch_end): Lightning restores a
-        # checkpoint written before it as a finished epoch and never runs that validation
-        if not accumulating and not epoch_loop._num_ready_batches_reached():
+        # last batch after the epoch's validation (on_train_epoch_end)
+        if resumable_step_end(trainer):
             self._requeue_if_agreed(trainer)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
