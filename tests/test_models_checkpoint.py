@@ -481,3 +481,36 @@ def test_bare_weights_of_other_stage_counts_load_with_the_unrecorded_fields_give
     assert model.config == src.config
     x = torch.randn(2, 3, 64, 80)
     torch.testing.assert_close(model(x), src(x), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("prefix", ["", "cvt."])
+def test_a_transformers_backbone_loads_with_a_new_norm_and_head(tmp_path, caplog, prefix):
+    # CvtModel.save_pretrained writes 'encoder.stages...' (no 'cvt.', no final layernorm,
+    # no classifier): it was read as an original-format file and refused with "217 unexpected
+    # in the checkpoint: encoder.stages.0..."; with 'cvt.' keys, "4 missing: norm.weight, ..."
+    from safetensors.torch import save_file
+
+    torch.manual_seed(0)
+    hf = transformers.CvtModel(transformers.CvtConfig(**SMALL))
+    randomise_bn(hf)
+    hf.eval().save_pretrained(tmp_path)
+    save_file({prefix + k: v.contiguous() for k, v in hf.state_dict().items()},
+              str(tmp_path / "model.safetensors"))
+    with caplog.at_level("INFO"):
+        model = create_model(pretrained=tmp_path, num_classes=5).eval()
+    assert model.head.out_features == 5
+    report = model.load_report
+    assert report.format == "transformers" and report.head_reset and report.checkpoint_classes == 0
+    note = ("the checkpoint is a backbone (transformers' CvtModel: no final LayerNorm, no "
+            "classifier): the model's final norm is new, and so is its head (5 classes)")
+    assert report.notes == [note] and note in caplog.text
+    x = torch.randn(2, 3, 64, 48)
+    with torch.no_grad():
+        cls = hf(x).cls_token_value.squeeze(1)
+        features = model.forward_features(x)[0]  # the new norm starts as a plain LayerNorm
+    torch.testing.assert_close(features, torch.nn.functional.layer_norm(cls, (48,)), **ATOL)
+    features_only = create_model(pretrained=tmp_path)  # no num_classes: a features model
+    assert features_only.config.num_classes == 0 and not features_only.load_report.head_reset
+    assert features_only.load_report.notes == [
+        "the checkpoint is a backbone (transformers' CvtModel: no final LayerNorm, no "
+        "classifier): the model's final norm is new"]

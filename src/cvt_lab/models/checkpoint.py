@@ -32,6 +32,8 @@ _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # a path, not a Hub id
+# CvtModel.save_pretrained (a backbone alone) writes its keys without CvtForImageClassification's 'cvt.'
+_HF_BACKBONE = "encoder.stages."
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
 
 
@@ -62,6 +64,12 @@ class Checkpoint:
         if self.saved_config is not None:
             return CvTConfig.build(**{**self.saved_config, **overrides})
         return infer_config(self.state_dict, **overrides)
+
+    @property
+    def backbone(self) -> bool:
+        """transformers weights without the final LayerNorm and the classifier: a ``CvtModel``'s."""
+        return self.format == "transformers" and not any(
+            k.startswith(("norm.", "head.")) for k in self.state_dict)
 
     @property
     def activation(self) -> str | None:
@@ -105,7 +113,8 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
     raw = _read_tensors(path)
     saved = raw.get(CONFIG_KEY) if isinstance(raw, dict) else None
     state = _unwrap(raw, str(source))
-    if any(k.startswith("cvt.") or k.startswith("classifier.") for k in state):
+    if any(k.startswith(("cvt.", "classifier.", _HF_BACKBONE)) for k in state):
+        state = {"cvt." + k if k.startswith(_HF_BACKBONE) else k: v for k, v in state.items()}
         state, unknown = rename_keys(state, to_hf=False)
         if unknown:
             raise CheckpointError(f"'{source}': transformers checkpoint with keys CvT does not "
@@ -233,7 +242,9 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
     """Copy ``ckpt`` into ``model`` or raise :class:`CheckpointError` listing every misfit.
 
     ``reset_head=True`` keeps the model's own (new) classifier and ignores the checkpoint's,
-    for fine-tuning on another label set. BatchNorm ``num_batches_tracked`` may be absent.
+    for fine-tuning on another label set. A backbone (transformers' ``CvtModel``) has no final
+    norm and no classifier: the model keeps its own (new) ones, and the report says so.
+    BatchNorm ``num_batches_tracked`` may be absent.
     """
     report = LoadReport(ckpt.source, ckpt.format, reset_head, ckpt.num_classes)
     if (stated := ckpt.stated_config) is not None:
@@ -241,9 +252,10 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
     state = dict(ckpt.state_dict)
     expected = model.state_dict()
     report.notes += _resample_pos_embeds(model, state, expected)
-    if reset_head:
-        state = {k: v for k, v in state.items() if not k.startswith("head.")}
-        expected = {k: v for k, v in expected.items() if not k.startswith("head.")}
+    new = ("norm.", "head.") if ckpt.backbone else ("head.",) if reset_head else ()
+    if new:
+        state = {k: v for k, v in state.items() if not k.startswith(new)}
+        expected = {k: v for k, v in expected.items() if not k.startswith(new)}
     missing, unexpected, mismatched = state_misfits(expected, state)
     missing = [k for k in missing if not k.endswith("num_batches_tracked")]
     if missing or unexpected or mismatched:
@@ -267,9 +279,16 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
     model.load_state_dict(state, strict=False)  # every key was checked above
     for note in report.notes:
         log.info(note)
-    if reset_head:
+    classes = model.config.num_classes
+    if ckpt.backbone:
+        report.head_reset = classes > 0
+        report.notes.append("the checkpoint is a backbone (transformers' CvtModel: no final "
+                            "LayerNorm, no classifier): the model's final norm is new"
+                            + (f", and so is its head ({classes} classes)" if classes else ""))
+        log.warning(report.notes[-1])
+    elif reset_head:
         report.notes.append(f"classifier reset: the checkpoint has {ckpt.num_classes} classes, "
-                            f"the model a new head with {model.config.num_classes}")
+                            f"the model a new head with {classes}")
         log.warning(report.notes[-1])
     return report
 
