@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from cvt_lab.models import (CheckpointError, create_model, export_hf, load_pretrained,
-                            read_checkpoint)
+from cvt_lab.models import (CheckpointError, count_macs, create_model, export_hf,
+                            load_pretrained, read_checkpoint)
 from cvt_lab.models.keymap import rename_keys
 from model_helpers import randomise_bn
 
@@ -109,6 +109,8 @@ def test_export_round_trips_through_transformers(tmp_path):
     torch.testing.assert_close(hf_logits(hf.eval(), x), ours(x), **ATOL)
     back = create_model(pretrained=tmp_path).eval()
     torch.testing.assert_close(back(x), ours(x), atol=0, rtol=0)
+    # the resolution too: it came back as 224 px, so count_macs(back) costed another size
+    assert back.config == ours.config and count_macs(back) == count_macs(ours)
 
 
 def test_export_of_a_compiled_model_is_the_model_export(tmp_path):

@@ -21,6 +21,7 @@ from .keymap import rename_keys
 
 CONFIG_NAME = "config.json"
 WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin")  # in order of preference
+IMAGE_SIZE = "image_size"  # our img_size in config.json (transformers' ViT name for it)
 
 # transformers field -> our field, for the per-stage lists that differ only in name
 _FIELD_NAMES = {
@@ -55,6 +56,8 @@ def config_from_hf(hf_config: dict[str, Any], **overrides: Any) -> CvTConfig:
     # transformers' CvT has a conv token embedding, no position embeddings, exact GELU
     fields.update(num_classes=num_labels(hf_config), in_chans=hf_config.get("num_channels", 3),
                   activation="gelu", token_embed="conv", pos_embed=False)
+    if IMAGE_SIZE in hf_config:  # written by export_hf; transformers' CvtConfig has no such field
+        fields["img_size"] = hf_config[IMAGE_SIZE]
     return CvTConfig.build(**{**fields, **overrides})
 
 
@@ -89,6 +92,7 @@ def config_to_hf(config: CvTConfig, id2label: dict[int, str] | None = None) -> d
         "num_channels": config.in_chans,
         "initializer_range": 0.02,
         "layer_norm_eps": config.layer_norm_eps,
+        IMAGE_SIZE: config.img_size,  # an extra field, which transformers keeps: the resolution
     }
     for hf, ours in _FIELD_NAMES.items():
         values = list(getattr(config, ours))
