@@ -516,3 +516,21 @@ def test_a_transformers_backbone_loads_with_a_new_norm_and_head(tmp_path, caplog
     assert features_only.load_report.notes == [
         "the checkpoint is a backbone (transformers' CvtModel: no final LayerNorm, no "
         "classifier): the model's final norm is new"]
+
+
+def test_the_resolution_in_a_checkpoints_name_is_its_img_size(tmp_path, caplog):
+    # weights without position embeddings record no resolution: Microsoft's
+    # 'CvT-13-384x384-IN-1k.pth' (or microsoft/cvt-13-384) came back as a 224 px model, silently
+    torch.manual_seed(0)
+    src = create_model("cvt_tiny", num_classes=3)
+    for name in ("CvT-tiny-64x64-IN-1k.pth", "w.pth"):
+        torch.save(src.state_dict(), tmp_path / name)
+    assert create_model(pretrained=tmp_path / "CvT-tiny-64x64-IN-1k.pth").config.img_size == 64
+    assert "assuming" not in caplog.text
+    assert create_model(pretrained=tmp_path / "w.pth").config == src.config
+    assert (f"'{tmp_path / 'w.pth'}' states no image size (as in 'CvT-13-384x384-IN-1k.pth'): "
+            "assuming 32 px, the size count_macs(model) costs by default; pass img_size=... for "
+            "another") in caplog.text
+    assert create_model(pretrained=tmp_path / "w.pth", img_size=48).config.img_size == 48
+    hf_model(**SMALL).save_pretrained(tmp_path / "cvt-small-384")  # as a Hub id names it
+    assert create_model(pretrained=tmp_path / "cvt-small-384").config.img_size == 384

@@ -21,7 +21,7 @@ from torch import nn
 
 from .config import PRESETS, CvTConfig, preset_config
 from .cvt import resample_pos_embed, token_grid
-from .hf import ARCH_FIELDS, CONFIG_NAME, WEIGHT_NAMES, config_from_hf, download
+from .hf import ARCH_FIELDS, CONFIG_NAME, IMAGE_SIZE, WEIGHT_NAMES, config_from_hf, download
 from .keymap import rename_keys
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,22 @@ class Checkpoint:
 
     def config(self, **overrides: Any) -> CvTConfig:
         """The architecture: from config.json or the saved config when there is one, else read
-        off the shapes (which record no strides or paddings)."""
+        off the shapes (which record no strides or paddings). The resolution, where neither
+        the config nor position-embedding grids record it, from the name (as Microsoft names
+        theirs: ``CvT-13-384x384-IN-1k.pth``, ``microsoft/cvt-13-384``), else the preset's."""
+        config = self._config(**overrides)
+        if ("img_size" in overrides or self.saved_config is not None or any(config.pos_embed)
+                or IMAGE_SIZE in (self.hf_config or {})):
+            return config
+        size = _size_in_name(self.source)
+        if size is None:
+            log.warning(f"'{self.source}' states no image size (as in 'CvT-13-384x384-IN-1k.pth'): "
+                        f"assuming {config.img_size} px, the size count_macs(model) costs by "
+                        "default; pass img_size=... for another")
+            return config
+        return config.replace(img_size=size)
+
+    def _config(self, **overrides: Any) -> CvTConfig:
         if self.hf_config is not None:
             return config_from_hf(self.hf_config, **overrides)
         if self.saved_config is not None:
@@ -82,7 +97,7 @@ class Checkpoint:
     @property
     def stated_config(self) -> CvTConfig | None:
         """The architecture the file states, if it states one."""
-        return None if self.hf_config is None and self.saved_config is None else self.config()
+        return None if self.hf_config is None and self.saved_config is None else self._config()
 
 
 @dataclass
@@ -121,6 +136,17 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
                                   f"have: {_listing(unknown)}")
         return Checkpoint(state, "transformers", str(source), hf_config)
     return Checkpoint(state, "original", str(source), hf_config, saved)
+
+
+def _size_in_name(source: str) -> int | None:
+    """The square resolution a checkpoint's file or repository name states: a part of it
+    (between '-', '_' or '.') such as '384x384', or the published sizes 224 and 384 alone."""
+    for part in re.split(r"[-_.]", Path(source).name):
+        if m := re.fullmatch(r"(\d+)x\1", part, re.IGNORECASE):
+            return int(m.group(1))
+        if part in ("224", "384"):
+            return int(part)
+    return None
 
 
 def _read_tensors(path: Path) -> dict[str, Any]:
