@@ -303,7 +303,8 @@ def test_unreadable_sources_fail_clearly(tmp_path, monkeypatch):
     # a relative path of one folder and a weights file looks like 'owner/name': it was sent
     # to the Hub, and a mistyped path failed with "could not fetch ... If this machine is offline"
     monkeypatch.chdir(tmp_path)
-    for missing in ("weights/cvt13.pth", "runs/last.ckpt", "export/model.safetensors"):
+    for missing in ("weights/cvt13.pth", "runs/last.ckpt", "export/model.safetensors",
+                    "runs/model_best.pth.tar"):
         with pytest.raises(FileNotFoundError, match=rf"no checkpoint at '{missing}'"):
             create_model("cvt13", pretrained=missing)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):

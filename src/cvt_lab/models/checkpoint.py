@@ -31,7 +31,8 @@ _WRAPPERS = ("state_dict", "model", "model_state")  # training checkpoints nest 
 _PREFIXES = ("module.", "model.", "net.", "_orig_mod.")
 _EMA = "ema.module."  # cvt_lab.module.CvTModule's EMA copy (beside its trained ``net.``)
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors")  # a path, not a Hub id
+# a path, not a Hub id: any of its suffixes (the training code's 'model_best.pth.tar' too)
+_FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
 # CvtModel.save_pretrained (a backbone alone) writes its keys without CvtForImageClassification's 'cvt.'
 _HF_BACKBONE = "encoder.stages."
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
@@ -113,7 +114,7 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
     """Read weights (and config.json when present) from a directory, file or Hub id."""
     path = Path(source)
     if not path.exists():
-        if isinstance(source, str) and _HUB_ID.match(source) and path.suffix not in _FILE_SUFFIXES:
+        if isinstance(source, str) and _HUB_ID.match(source) and not set(path.suffixes) & set(_FILE_SUFFIXES):
             path = download(source)
         else:
             raise FileNotFoundError(f"no checkpoint at '{source}' (not a file, directory or Hub id)")
