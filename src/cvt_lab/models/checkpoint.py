@@ -36,6 +36,10 @@ _FILE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".tar")
 # CvtModel.save_pretrained (a backbone alone) writes its keys without CvtForImageClassification's 'cvt.'
 _HF_BACKBONE = "encoder.stages."
 CONFIG_KEY = "cvt_config"  # top-level key of cvt-lab training checkpoints: the net's CvTConfig
+# the fix for weights of another architecture than the model, when no closer one is known
+_OWN_VALUES_HINT = ("build the model with the checkpoint's values (model.<field>=... on the command "
+                    "line), or call create_model(pretrained=...) without a preset name to take "
+                    "them all from it")
 
 
 class CheckpointError(ValueError):
@@ -292,16 +296,18 @@ def load_checkpoint(model: nn.Module, ckpt: Checkpoint, reset_head: bool = False
                              ("unexpected in the checkpoint", unexpected)):
             if items:
                 lines.append(f"  {len(items)} {title}: {_listing(items)}")
+        hints = []
         if any(m.startswith("head.") for m in mismatched):
-            lines.append("  (for another number of classes, pass num_classes / reset_head=True)")
+            hints.append("for another number of classes, pass num_classes / reset_head=True")
         if (shape := _stage_shape(state)) != _stage_shape(expected) and _presets_of(*shape):
-            lines.append(f"  ({_preset_hint(*shape)})")
+            hints.append(_preset_hint(*shape))
         fused_state, fused_model = _bn_fused(state), _bn_fused(expected)
         if fused_state and not fused_model:
-            lines.append("  (the checkpoint was saved after fuse_bn(): build the model, call "
-                         "model.eval().fuse_bn(), then load_pretrained(model, path))")
+            hints.append("the checkpoint was saved after fuse_bn(): build the model, call "
+                         "model.eval().fuse_bn(), then load_pretrained(model, path)")
         elif fused_model and not fused_state:
-            lines.append("  (the model is BatchNorm-fused: load the checkpoint before fuse_bn())")
+            hints.append("the model is BatchNorm-fused: load the checkpoint before fuse_bn()")
+        lines += [f"  ({hint})" for hint in hints or [_OWN_VALUES_HINT]]
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(state, strict=False)  # every key was checked above
     for note in report.notes:
@@ -371,9 +377,7 @@ def _check_architecture(ours: CvTConfig, theirs: CvTConfig, source: str) -> None
         shape = (theirs.embed_dims, theirs.depths)
         hint = ("I" + _preset_hint(*shape)[1:]
                 if shape != (ours.embed_dims, ours.depths) and _presets_of(*shape) else
-                "Build the model with the checkpoint's values (model.<field>=... on the command "
-                "line), or call create_model(pretrained=...) without a preset name to take them "
-                "all from it")
+                _OWN_VALUES_HINT[0].upper() + _OWN_VALUES_HINT[1:])
         raise CheckpointError(f"checkpoint '{source}' is another architecture: "
                               + "; ".join(diffs) + ". " + hint)
 
