@@ -245,3 +245,19 @@ def test_the_reliability_doc_quotes_the_messages_the_checks_print(problem, tmp_p
     quoted = doc_example_messages()[problem]
     pattern = ".*".join(re.escape(part.strip()) for part in quoted.split("..."))
     assert re.match(pattern, str(err.value)), (quoted, str(err.value))
+
+
+def test_evaluating_a_backbone_says_it_has_no_classifier():
+    # a transformers CvtModel (backbone) loads with a new head: the refusal said "its
+    # classifier has 0 classes but the data 10", a classifier it does not have
+    from types import SimpleNamespace
+
+    from cvt_lab.models import LoadReport
+    from cvt_lab.validate import check_pretrained_head
+
+    report = LoadReport("out/backbone", "transformers", head_reset=True, checkpoint_classes=0)
+    with pytest.raises(ConfigError) as err:
+        check_pretrained_head(SimpleNamespace(net=SimpleNamespace(load_report=report)), 10)
+    assert str(err.value).startswith(
+        "train=false model.pretrained=out/backbone: it is a backbone without a classifier, so "
+        "the test would run a new, untrained head.")

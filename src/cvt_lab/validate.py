@@ -397,11 +397,15 @@ def check_pretrained_head(module: Any, num_classes: int) -> None:
     classifier: a head reset for another class count is untrained, its accuracy chance."""
     report = getattr(module.net, "load_report", None)
     if report is not None and report.head_reset:
-        raise ConfigError(
-            f"train=false model.pretrained={report.source}: its classifier has "
-            f"{report.checkpoint_classes} classes but the data {num_classes}, so the test would "
-            "run a new, untrained head. Evaluate on data of its label set (e.g. data=imagenet "
-            "for ImageNet-1k weights), or fine-tune first (train=true)")
+        if report.checkpoint_classes == 0:  # a backbone (transformers' CvtModel)
+            why, fix = "it is a backbone without a classifier", "Fine-tune it first (train=true)"
+        else:
+            why = (f"its classifier has {report.checkpoint_classes} classes but the data "
+                   f"{num_classes}")
+            fix = ("Evaluate on data of its label set (e.g. data=imagenet for ImageNet-1k "
+                   "weights), or fine-tune first (train=true)")
+        raise ConfigError(f"train=false model.pretrained={report.source}: {why}, so the test "
+                          f"would run a new, untrained head. {fix}")
 
 
 def _check_same_network(ckpt: dict[str, Any], path: str | None, config: Any) -> None:
