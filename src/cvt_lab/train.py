@@ -24,7 +24,7 @@ from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, check_resumed_set
                      read_resume_state, resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
                      warn_length_change)
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard, remove_stale_temps
-from .utils import git_commit, print_summary
+from .utils import git_commit, print_summary, rank_zero_logs
 from .validate import ConfigError, check_checkpoint_fits, check_pretrained_head, validate
 
 # Errors whose message says what to do: run.py prints them without a traceback.
@@ -44,7 +44,8 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics."""
-    validate(cfg)
+    with rank_zero_logs("cvt_lab.validate"):  # its notes once, not once per DDP rank
+        validate(cfg)
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
     ckpt = read_resume_state(ckpt_path)
