@@ -18,8 +18,10 @@ import pytest
 import torch
 
 from conftest import ROOT, compose_config, run_cli
+from data_helpers import make_folder
 from cvt_lab.data import ImageDataModule
 from cvt_lab.hardware import HardwareError, validate_hardware, world_size
+from cvt_lab.models import create_model
 from cvt_lab.module import CvTModule
 from cvt_lab.train import plain, run
 
@@ -177,6 +179,32 @@ def test_ddp_cpu_run_writes_one_run_and_reports_metrics_over_both_ranks(tmp_path
     (full,) = evaluator.test(module, datamodule=datamodule, verbose=False)
     assert len(datamodule.splits["test"]) % 2 == 0  # no DistributedSampler padding to undo
     assert logged[0] == pytest.approx(full["test/acc1"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_ddp_notes_on_the_config_data_and_weights_are_printed_once(tmp_path):
+    """The preset's image size, the folder's stray file, the missing test split, the local
+    'streaming' and the reset classifier were each printed by both ranks."""
+    root = make_folder(tmp_path / "pets", {"train": 4, "val": 2})  # no test/: test on val
+    (root / "train" / "cat" / "notes.txt").write_text("not an image")
+    weights = tmp_path / "cvt13_10_classes.pth"  # a 10-class head for the 3 classes: reset
+    torch.save(create_model("cvt13", num_classes=10).state_dict(), weights)
+    proc = run_cli("trainer=ddp_cpu", "logger=csv", "model=cvt13_384", f"model.pretrained={weights}",
+                   "data=folder", f"data.root={root}", "data.test_size=null", "data.streaming=true",
+                   "data.skip_corrupt=true", "data.image_size=32", "data.batch_size=4",
+                   "data.num_workers=0", f"data.cache_dir={tmp_path / 'cache'}",
+                   "trainer.max_epochs=1", "+trainer.limit_train_batches=1",
+                   "+trainer.limit_val_batches=1", "+trainer.limit_test_batches=1",
+                   f"hydra.run.dir={tmp_path / 'run'}", timeout=300)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "MEMBER: 2/2" in out  # really two processes
+    for note in ("model=cvt13_384 is the 384 px preset",
+                 f"skipping 1 item(s) in {root} that are not images in class folders",
+                 "folder has no test split: testing on the validation split",
+                 "data.streaming=true: folder is read from local files as needed, not streamed",
+                 "classifier reset: the checkpoint has 10 classes, the model a new head with 3"):
+        assert out.count(note) == 1, (note, out[-3000:])
 
 
 @pytest.mark.slow

@@ -217,6 +217,44 @@ def test_resuming_with_another_batch_split_is_refused_before_training(one_epoch,
     assert not (tmp_path / "csv").exists()  # refused before any logger started
 
 
+@pytest.mark.parametrize("change, message", [
+    ("optimizer=sgd", "optimizer.name='adamw' (this config: 'sgd'): its optimizer state"),
+    # no decay at all: one parameter group where the checkpoint's optimizer state has two
+    ("optimizer.weight_decay=0", "optimizer.weight_decay=0.05 (this config: 0): the parameters "
+                                 "fall into 1 optimizer groups of sizes [117]")])
+def test_resuming_with_an_optimizer_state_this_config_cannot_take_is_refused(one_epoch, tmp_path,
+                                                                          change, message):
+    """Lightning failed after the loggers started, with torch's 'loaded state dict has a
+    different number of parameter groups' (or, for another optimizer, ran it on Adam's state)."""
+    last = one_epoch[0] / "checkpoints/last.ckpt"
+    with pytest.raises(ConfigError, match=re.escape(f"ckpt_path={last} was trained with {message}")):
+        run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", change, f"ckpt_path={last}"],
+                       tmp_path)
+    assert not (tmp_path / "csv").exists()  # refused before any logger started
+
+
+def test_resuming_with_other_settings_says_which_take_effect(one_epoch, tmp_path):
+    """A changed optimizer.lr had no effect and no word: the optimizer's state and the lr
+    schedule's base lr come from the checkpoint. The schedule's own keys and the model's
+    regularisation do take effect."""
+    last = one_epoch[0] / "checkpoints/last.ckpt"
+    with pytest.warns(UserWarning) as warned:
+        run_in_process(["logger=csv", *TINY, "trainer.max_epochs=2", "test=false",
+                        "optimizer.lr=1e-5", "optimizer.betas=[0.8,0.9]", "scheduler.min_lr=1e-4",
+                        "model.drop_path=0.2", f"ckpt_path={last}"], tmp_path)
+    (message,) = [str(w.message) for w in warned if "settings than this config" in str(w.message)]
+    assert message == (
+        f"ckpt_path={last} was trained with other settings than this config. No effect on this "
+        "resume, as the weights, the optimizer's state and the lr schedule's base lr come from "
+        "the checkpoint: optimizer.lr=0.002 (this config: 1e-05), optimizer.betas=[0.9, 0.999] "
+        "(this config: [0.8, 0.9]); to train with them, start a new run from its weights with "
+        "model.pretrained=<file>. Taking effect from the resumed step on: model.drop_path=None "
+        "(this config: 0.2), scheduler.min_lr=1e-05 (this config: 0.0001)")
+    resumed = torch.load(tmp_path / "checkpoints/last.ckpt", weights_only=True)
+    assert resumed["lr_schedulers"][0]["base_lrs"] == [2e-3 * 8 / 64] * 2  # what the warning says
+    assert [g["betas"] for g in resumed["optimizer_states"][0]["param_groups"]] == [(0.9, 0.999)] * 2
+
+
 def test_a_resume_of_the_same_length_says_nothing_about_the_schedule(one_epoch, recwarn):
     first, _ = one_epoch
     ckpt = torch.load(first / "checkpoints/last.ckpt", weights_only=True)

@@ -21,6 +21,7 @@ from .models.checkpoint import CONFIG_KEY
 from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
 from .resume import rank_stream
+from .utils import rank_zero_logs
 
 BEST_KEY = "val_acc1_best"  # top-level key of our checkpoints: the best val/acc1 so far
 
@@ -30,7 +31,8 @@ def build_network(model_cfg: dict[str, Any], num_classes: int) -> CvT:
     knobs = architecture_overrides(model_cfg)
     if model_cfg.get("pretrained"):
         knobs["pretrained"] = model_cfg["pretrained"]
-    net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
+    with rank_zero_logs("cvt_lab.models"):  # what loading the weights did: once, not per DDP rank
+        net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
     if model_cfg.get("grad_checkpointing"):
         net.set_grad_checkpointing(True)
     return net

@@ -106,6 +106,67 @@ def _changed(ckpt: dict[str, Any] | None, key: str, now: dict[str, float], this:
     return ", ".join(f"{k}={v} ({this}: {now[k]})" for k, v in saved.items() if now.get(k) != v)
 
 
+# optimizer keys a resume takes from the checkpoint: the optimizer's param groups (lr, decay,
+# betas, ...) and the lr schedule's base lr (lr x batch / ref_batch) are restored over this
+# config's; model.pretrained: the weights come from the checkpoint
+RESTORED_KEYS = frozenset(f"optimizer.{k}" for k in ("lr", "ref_batch", "weight_decay", "betas",
+                                                      "eps", "momentum", "nesterov", "layer_decay")
+                          ) | {"model.pretrained"}
+HPARAM_GROUPS = ("model", "optimizer", "scheduler")
+HPARAM_KEYS = {"label_smoothing": "augment.label_smoothing", "num_classes": "data.num_classes"}
+
+
+def config_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
+    """A CvTModule's hyper-parameters under their config keys ('optimizer.lr': 0.002, ...)."""
+    flat = {f"{g}.{k}": v for g in HPARAM_GROUPS for k, v in (hparams.get(g) or {}).items()}
+    flat.update({HPARAM_KEYS.get(k, k): v for k, v in hparams.items() if k not in HPARAM_GROUPS})
+    return flat
+
+
+def check_resumed_settings(ckpt: dict[str, Any] | None, ckpt_path: str | None, module: Any) -> None:
+    """Before a resume: refuse an optimizer state this config cannot take (another optimizer,
+    another grouping of the parameters: Lightning would fail after the loggers started), and
+    say which changed settings have no effect (the checkpoint's optimizer state wins) and
+    which take effect. Another model is refused before (``check_checkpoint_fits``)."""
+    saved = (ckpt or {}).get("hyper_parameters")
+    if not saved:
+        return
+    before, now = config_hparams(saved), config_hparams(module.hparams)
+    changed = {k: f"{k}={v!r} (this config: {now.get(k)!r})" for k, v in before.items()
+               if now.get(k) != v}
+    fix = "start a new run from its weights with model.pretrained=<file>"
+    if "optimizer.name" in changed:
+        raise ConfigError(
+            f"ckpt_path={ckpt_path} was trained with {changed['optimizer.name']}: its optimizer "
+            f"state cannot be resumed by another optimizer. Resume with optimizer.name="
+            f"{before['optimizer.name']} (its optimizer=... option), or {fix}")
+    states = ckpt.get("optimizer_states") or []
+    if states:  # weight_decay 0 or not, layer_decay: the parameter groups Lightning restores
+        from .optim import param_groups
+
+        opt = module.hparams.optimizer
+        sizes = [len(g["params"]) for g in param_groups(module.net, opt.get("weight_decay", 0.0),
+                                                        opt.get("layer_decay"))]
+        saved_sizes = [len(g["params"]) for g in states[0]["param_groups"]]
+        if sizes != saved_sizes:
+            which = [changed[k] for k in ("optimizer.weight_decay", "optimizer.layer_decay")
+                     if k in changed]
+            raise ConfigError(
+                f"ckpt_path={ckpt_path} was trained with {', '.join(which) or 'other settings'}: "
+                f"the parameters fall into {len(sizes)} optimizer groups of sizes {sizes}, its "
+                f"optimizer state has {len(saved_sizes)} of sizes {saved_sizes}, so it cannot be "
+                f"restored. Resume with its values, or {fix}")
+    no_effect = [c for k, c in changed.items() if k in RESTORED_KEYS]
+    effect = [c for k, c in changed.items() if k not in RESTORED_KEYS]
+    if changed:
+        rank_zero_warn(
+            f"ckpt_path={ckpt_path} was trained with other settings than this config."
+            + (" No effect on this resume, as the weights, the optimizer's state and the lr "
+               f"schedule's base lr come from the checkpoint: {', '.join(no_effect)}; to train "
+               f"with them, {fix}." if no_effect else "")
+            + (f" Taking effect from the resumed step on: {', '.join(effect)}" if effect else ""))
+
+
 def warn_length_change(ckpt: dict[str, Any] | None, ckpt_path: str | None,
                        length: dict[str, float]) -> None:
     """Say so when a resumed run is longer or shorter than the one it continues: a legitimate

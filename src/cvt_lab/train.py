@@ -20,11 +20,11 @@ from .hardware import validate_hardware
 from .models import count_macs, count_params
 from .models.checkpoint import CheckpointError
 from .module import CvTModule
-from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, read_resume_state,
-                     resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
+from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, check_resumed_settings,
+                     read_resume_state, resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
                      warn_length_change)
 from .safeguards import AtomicCheckpointIO, NonFiniteError, RunGuard, remove_stale_temps
-from .utils import git_commit, print_summary
+from .utils import git_commit, print_summary, rank_zero_logs
 from .validate import ConfigError, check_checkpoint_fits, check_pretrained_head, validate
 
 # Errors whose message says what to do: run.py prints them without a traceback.
@@ -44,7 +44,8 @@ def instantiate_all(group: DictConfig | None) -> list[Any]:
 
 def run(cfg: DictConfig) -> dict[str, float]:
     """Train and/or test as the config says; returns the final metrics."""
-    validate(cfg)
+    with rank_zero_logs("cvt_lab.validate"):  # its notes once, not once per DDP rank
+        validate(cfg)
     validate_hardware(cfg)
     ckpt_path = resolve_ckpt_path(cfg)  # ckpt_path, or the newest checkpoint with resume=auto
     ckpt = read_resume_state(ckpt_path)
@@ -70,6 +71,8 @@ def run(cfg: DictConfig) -> dict[str, float]:
             raise
         raise ConfigError(f"model.pretrained={cfg.model.pretrained}: {err}") from err
     check_checkpoint_fits(ckpt, ckpt_path, module)
+    if cfg.train:
+        check_resumed_settings(ckpt, ckpt_path, module)
     tests_pretrained = not cfg.train and ckpt_path is None  # the published weights, as they are
     if tests_pretrained:
         check_pretrained_head(module, datamodule.num_classes)

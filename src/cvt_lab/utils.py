@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -19,6 +21,21 @@ def git_commit(path: str | Path = ".") -> str:
         return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+@contextmanager
+def rank_zero_logs(name: str) -> Iterator[None]:
+    """Inside the block, logger ``name`` and its children log on global rank 0 only (errors
+    on every rank): for notes on the config, the data or the weights, which every DDP rank
+    would otherwise print alike."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    if rank_zero_only.rank != 0:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @rank_zero_only

@@ -14,6 +14,7 @@ from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from ..resume import ResumableLoader, ResumableSampler
+from ..utils import rank_zero_logs
 from .decode import SKIP_HINT, ImageDecodeError, decode_image
 from .device_augment import DeviceAugment
 from .errors import DataSourceError
@@ -154,10 +155,11 @@ class ImageDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.splits is not None:
             return
-        self.splits = load_splits(self.cfg, self.seed)
-        if self.cfg.get("streaming") and not self.streaming:
-            log.info("data.streaming=true: %s is read from local files as needed, not streamed",
-                     self.cfg["name"])
+        with rank_zero_logs("cvt_lab.data"):  # notes on the data: once, not once per DDP rank
+            self.splits = load_splits(self.cfg, self.seed)
+            if self.cfg.get("streaming") and not self.streaming:
+                log.info("data.streaming=true: %s is read from local files as needed, not "
+                         "streamed", self.cfg["name"])
         self.class_names = class_names(self.splits, self.cfg)
         if len(self.class_names) != self.num_classes:
             raise DataSourceError(
