@@ -392,6 +392,16 @@ def test_a_checkpoint_carries_the_best_val_accuracy_into_the_resumed_run(one_epo
     assert resumed.val_acc1_best.compute().item() == pytest.approx(trained["val/acc1_best"])
 
 
+def test_resuming_a_finished_run_still_reports_its_best_val_accuracy(one_epoch, tmp_path):
+    """A resume with nothing left to train runs no validation, so Lightning logs no
+    val/acc1_best: the final metrics (a sweep's objective) must still carry the restored one."""
+    first, trained = one_epoch
+    metrics = run_in_process(["logger=csv", *TINY, "trainer.max_epochs=1",
+                              f"ckpt_path={first}/checkpoints/last.ckpt"], tmp_path)
+    assert metrics["val/acc1_best"] == pytest.approx(trained["val/acc1_best"])
+    assert "test/acc1" in metrics
+
+
 def test_the_test_after_a_resume_uses_the_best_checkpoint_of_the_whole_run(one_epoch, tmp_path):
     """The resumed run writes to a new dir: its first epoch must not become the best (and be
     the one tested) unless it beats the epochs before the interruption."""

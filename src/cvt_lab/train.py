@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
         if cfg.train:
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+        best_so_far = float(module.val_acc1_best.max_value)  # restored on a resume
+        if cfg.train and "val/acc1_best" not in metrics and math.isfinite(best_so_far):
+            metrics["val/acc1_best"] = best_so_far  # a finished run resumed: nothing validated
         if cfg.test:
             ckpt = ckpt_path
             best = _best_checkpoint(trainer)
