@@ -123,6 +123,9 @@ CASES = {
                "assert 'test/acc1' in metrics and hf_logits.shape == logits.shape\n",
         texts=["python run.py model=cvt_tiny", "data=folder",
                "transformers' CvtForImageClassification: same logits"],
+        # the new head is made once, for fine-tuning: reloading the fine-tuned checkpoint
+        # neither reads the pretrained weights again nor says it resets the head
+        once=["classifier reset: the checkpoint has 10 classes, the model a new head with 4"],
         figures=3),  # folder examples, learning curves, top-k
     "03_ablation_analysis": dict(
         params={"EPOCHS": 1},
@@ -154,6 +157,8 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     outputs = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
     for text in case["texts"]:
         assert text in outputs
+    for text in case.get("once", []):
+        assert outputs.count(text) == 1, text
     assert not warnings_of_ours(nb)
     figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                   for o in c.outputs)
