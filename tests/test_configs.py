@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -65,3 +66,23 @@ def test_compose_without_an_output_dir_gives_run_py_s_absolute_run_dir(tmp_path,
     monkeypatch.chdir(tmp_path)
     out = Path(compose_config([]).paths.output_dir)
     assert out.is_absolute() and out.parent == tmp_path / "logs" / "train" / "runs", out
+
+
+def test_readme_config_tour_names_every_group_its_options_and_the_top_level_keys():
+    # the README's table is the user's map of conf/: a group or key missing from it is one
+    # they cannot find; an option it names must exist
+    text = (CONF.parent / "README.md").read_text().split("## Config tour", 1)[1].split("\n## ", 1)[0]
+    rows = [line.split("|")[1:3] for line in text.splitlines() if line.startswith("| `")
+            or line.startswith("| top-level keys")]
+    named = {group.strip(" `"): re.findall(r"`([^`]+)`", cell) for group, cell in rows}
+    groups = sorted(str(p.relative_to(CONF)) for p in CONF.rglob("*") if p.is_dir()
+                    and any(f.suffix == ".yaml" and not f.name.startswith("_") for f in p.iterdir())
+                    and p.name != "ablation" and p != CONF / "hydra")
+    assert sorted(g for g in named if g != "top-level keys") == groups
+    for group in groups:
+        listed = [o.removesuffix("/*") for o in named[group]]
+        assert all((CONF / group / f"{o}.yaml").is_file() or (CONF / group / o).is_dir() for o in listed), group
+        if group != "experiment":  # (its options are summed up: paper recipes, fine-tuning, ablation/*)
+            assert sorted(listed) == options(group), group
+    top = OmegaConf.load(CONF / "config.yaml")
+    assert sorted(named["top-level keys"]) == sorted(k for k in top if k != "defaults")

@@ -95,11 +95,20 @@ def images_shown(nb: nbformat.NotebookNode) -> int:
                for o in c.outputs)
 
 
+def warnings_of_ours(nb: nbformat.NotebookNode) -> list[str]:
+    """The warnings cvt_lab itself printed while the notebook ran: each names a setting that
+    is wrong for the run (e.g. a warmup as long as the training)."""
+    text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code"
+                   for o in c.outputs if o.output_type == "stream")
+    return [line for line in text.splitlines() if "cvt_lab" in line and "Warning: " in line]
+
+
 # Per notebook: tiny parameters, checks run in its kernel at the end, texts its outputs must
 # show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all.
+# Two epochs (of two batches): a notebook's one warmup epoch then leaves steps to decay in.
 CASES = {
     "01_inference": dict(
-        params={"EPOCHS": 1, "NUM_DIGITS": 3},
+        params={"EPOCHS": 2, "NUM_DIGITS": 3},
         checks="from pathlib import Path\n"
                "assert Path(MODEL).is_relative_to(WORK_DIR), MODEL\n"
                "assert (Path(MODEL) / 'config.json').is_file() and (Path(MODEL) / 'model.safetensors').is_file()\n"
@@ -108,12 +117,15 @@ CASES = {
                "the exported and reloaded model gives the trained model's logits"],
         figures=4),  # top-5 panel, three preprocessing figures
     "02_finetune_custom_folder": dict(
-        params={"EPOCHS": 1, "PRETRAIN_EPOCHS": 1, "IMAGES_PER_CLASS": 8},
+        params={"EPOCHS": 2, "PRETRAIN_EPOCHS": 2, "IMAGES_PER_CLASS": 8},
         checks="assert datamodule.class_names == ['circle', 'cross', 'square', 'triangle']\n"
                "assert model.head.out_features == 4 and run_dir.is_relative_to(WORK_DIR)\n"
                "assert 'test/acc1' in metrics and hf_logits.shape == logits.shape\n",
         texts=["python run.py model=cvt_tiny", "data=folder",
                "transformers' CvtForImageClassification: same logits"],
+        # the new head is made once, for fine-tuning: reloading the fine-tuned checkpoint
+        # neither reads the pretrained weights again nor says it resets the head
+        once=["classifier reset: the checkpoint has 10 classes, the model a new head with 4"],
         figures=3),  # folder examples, learning curves, top-k
     "03_ablation_analysis": dict(
         params={"EPOCHS": 1},
@@ -125,7 +137,7 @@ CASES = {
                "(paper, CvT-13 at 224 px: 1.45x)"],
         figures=3),  # the report's chart, val/acc1 and val/loss per variant
     "04_attention_maps": dict(
-        params={"EPOCHS": 1, "NUM_IMAGES": 2},
+        params={"EPOCHS": 2, "NUM_IMAGES": 2},
         checks="assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
                "(1, (8, 8), (4, 4)), (2, (4, 4), (2, 2)), (2, (4, 4), (2, 2))]\n"
                "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
@@ -145,6 +157,9 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     outputs = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
     for text in case["texts"]:
         assert text in outputs
+    for text in case.get("once", []):
+        assert outputs.count(text) == 1, text
+    assert not warnings_of_ours(nb)
     figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
                   for o in c.outputs)
     assert figures == case["figures"]
