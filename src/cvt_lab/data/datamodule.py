@@ -191,8 +191,8 @@ class ImageDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer else 0
         common = dict(batch_size=batch, collate_fn=collate, pin_memory=torch.cuda.is_available())
         if self.streaming:
-            stream = split_stream(self.splits[split], rank, world, train,
-                                  self.cfg.get("shuffle_buffer", 10_000), self.seed)
+            buffer = self.cfg.get("shuffle_buffer", 10_000)
+            stream = split_stream(self.splits[split], rank, world, train, buffer, self.seed)
             workers = min(workers, stream.n_shards)  # a worker without a shard would idle
             length = self._stream_length(split, world) if train else None
             # per-rank crop seeds, as the ranks' augmentation streams are (DeviceAugment)
@@ -202,7 +202,9 @@ class ImageDataModule(L.LightningDataModule):
             if not train:
                 return DataLoader(dataset, **options)
             epoch_of = (lambda: self.trainer.current_epoch) if self.trainer else None
-            return StreamingLoader(dataset, epoch_of=epoch_of, **options)
+            layout = {"trainer.devices x trainer.num_nodes": world,
+                      "data.shuffle_buffer": buffer}
+            return StreamingLoader(dataset, epoch_of=epoch_of, layout=layout, **options)
         dataset = ImageDataset(self.splits[split], decoder, self.seed)
         options = dict(num_workers=workers, persistent_workers=workers > 0, **common)
         if train:
