@@ -9,6 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import ClassLabel, DatasetDict, Features
+from datasets import Dataset as HFDataset
+from datasets import Image as HFImage
+from omegaconf import OmegaConf
 from PIL import Image
 
 from cvt_lab.data import DataSourceError, ImageDataModule, ImageDecodeError, decode_image
@@ -159,3 +163,25 @@ def test_an_error_in_a_loader_worker_keeps_its_message_without_the_worker_traceb
         next(iter(loader))
     assert str(info.value).startswith(message) and "Traceback" not in str(info.value)
     assert str(info.value).endswith(("unreadable images", "(or fix the labels)"))
+
+
+def test_an_unreadable_image_stored_as_bytes_is_named_by_its_row(make_cfg, tmp_path):
+    # parquet copies and hub sets (CIFAR-100) hold images as bytes without a path: the error
+    # and the skip log said 'cannot decode an image stored as bytes', naming none of 50,000
+    features = Features({"image": HFImage(), "label": ClassLabel(names=["a", "b"])})
+    images = [{"bytes": png_bytes(i), "path": None} for i in range(4)]
+    images[2]["bytes"] = b"junk"
+    split = HFDataset.from_dict({"image": images, "label": [0, 1, 0, 1]}, features=features)
+    DatasetDict(train=split, validation=split).save_to_disk(str(tmp_path / "copy"))
+    overrides = ("data=imagenet", f"data.path={tmp_path / 'copy'}", "data.num_classes=2",
+                 "data.class_names=[a,b]", "data.batch_size=4", "data.image_size=8", "data.num_workers=0")
+    dm = ImageDataModule(OmegaConf.to_container(make_cfg(*overrides).data, resolve=True), {})
+    dm.setup()
+    with pytest.raises(ImageDecodeError, match=r"^cannot decode row 2 of imagenet/val \(an image "
+                                               r"stored as bytes\): UnidentifiedImageError"):
+        next(iter(dm.val_dataloader()))
+    cfg = OmegaConf.to_container(make_cfg(*overrides, "data.skip_corrupt=true").data, resolve=True)
+    dm = ImageDataModule(cfg, {})
+    dm.setup()
+    _, labels, skipped = next(iter(dm.val_dataloader()))
+    assert labels.tolist() == [0, 1, 1] and skipped[0].startswith("cannot decode row 2 of imagenet/val (")

@@ -13,6 +13,7 @@ from cvt_lab.data.datamodule import SampleDecoder
 from cvt_lab.data.errors import DataSourceError
 from cvt_lab.data.streaming import StreamingImages, StreamingLoader, split_stream
 from cvt_lab.data.transforms import EvalTransform
+from cvt_lab.validate import ConfigError
 from conftest import run_cli
 from data_helpers import imagenet_like, make_folder, save_parquet
 
@@ -144,3 +145,32 @@ def test_a_ddp_stream_trains_every_rank_in_lockstep_over_epochs(tmp_path):
     assert (ckpt["epoch"], ckpt["global_step"]) == (1, 6)  # 24 / 2 ranks / 4 per rank: 3 a epoch
     loader = ckpt["loops"]["fit_loop"]["state_dict"]["combined_loader"][0]
     assert (loader["epoch"], loader["batches"]) == (1, 3)
+
+
+def test_a_stream_resumed_mid_epoch_with_other_workers_is_refused_naming_the_value(make_cfg, tmp_path):
+    # which rows make up a stream's batches depends on the workers per process (each reads its
+    # own shards): resumed with data.num_workers=0 after 2, the rest of the epoch was read in
+    # the one-worker order, retraining some images of the epoch and never training others
+    imagenet_like(n_train=24, n_val=2).save_to_disk(str(tmp_path / "inet"))  # streamed: 24 shards
+
+    def datamodule(workers: int) -> ImageDataModule:
+        cfg = OmegaConf.to_container(make_cfg("data=imagenet", f"data.path={tmp_path / 'inet'}",
+                                              "data.streaming=true", "data.train_examples=24",
+                                              "data.batch_size=2", "data.image_size=8",
+                                              f"data.num_workers={workers}").data, resolve=True)
+        dm = ImageDataModule(cfg, {})
+        dm.setup()
+        return dm
+
+    interrupted = datamodule(2).train_dataloader()
+    batches = iter(interrupted)
+    for _ in range(3):
+        next(batches)
+    state = interrupted.state_dict()
+    with pytest.raises(ConfigError, match=r"stopped at batch 3 of 12 of epoch 0 .* "
+                                          r"data.num_workers=2 \(this run: 0\).* resume with "
+                                          r"data.num_workers=2"):
+        datamodule(0).train_dataloader().load_state_dict(state)
+    datamodule(2).train_dataloader().load_state_dict(state)  # the same settings resume
+    # at an epoch's end nothing of it is left to read: the next epoch may use other workers
+    datamodule(0).train_dataloader().load_state_dict({**state, "batches": 12})

@@ -56,10 +56,11 @@ class SampleDecoder:
             self._rng, self._rng_seed = random.Random(seed), seed
         return self._rng
 
-    def __call__(self, row: dict[str, Any], rng: random.Random | None = None
-                 ) -> tuple[torch.Tensor | None, Any]:
+    def __call__(self, row: dict[str, Any], rng: random.Random | None = None,
+                 index: str | None = None) -> tuple[torch.Tensor | None, Any]:
+        """``index``: which row of which split this is, for errors (none in a stream)."""
         label = row["label"]
-        where = (row["image"] or {}).get("path") or "a row"
+        where = (row["image"] or {}).get("path") or index or "a row"
         if self.num_classes is not None and (label is None or label != label):  # None, NaN
             raise DataSourceError(f"label of {where} is missing: {MISSING_FIX}")
         if self.num_classes is not None and label != int(label):
@@ -73,7 +74,7 @@ class SampleDecoder:
                 f"{self.num_classes}); set data.num_classes to the dataset's class count "
                 "(or fix the labels)")
         try:
-            image = decode_image(row["image"], self.max_pixels)
+            image = decode_image(row["image"], self.max_pixels, index)
             return self.transform(image, rng or self.rng()), label
         except ImageDecodeError as err:
             if not self.skip_corrupt:
@@ -86,11 +87,13 @@ class ImageDataset(torch.utils.data.Dataset):
 
     Given an ``(epoch, index)`` key (the training sampler's), the sample's random crop and
     flip come from an RNG seeded by (seed, epoch, index): the same in any worker, and the
-    same again when an interrupted epoch is resumed.
+    same again when an interrupted epoch is resumed. ``name`` (``<dataset>/<split>``) names
+    the row of an unreadable image.
     """
 
-    def __init__(self, rows: Dataset, decoder: SampleDecoder, seed: int = 0) -> None:
-        self.rows, self.decoder, self.seed = rows, decoder, seed
+    def __init__(self, rows: Dataset, decoder: SampleDecoder, seed: int = 0, name: str = "the split"
+                 ) -> None:
+        self.rows, self.decoder, self.seed, self.name = rows, decoder, seed, name
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -99,8 +102,9 @@ class ImageDataset(torch.utils.data.Dataset):
         if isinstance(key, tuple):
             epoch, index = key
             # a str seed is hashed with SHA-512: stable across processes and Python runs
-            return self.decoder(self.rows[index], random.Random(f"{self.seed}:{epoch}:{index}"))
-        return self.decoder(self.rows[key])
+            return self.decoder(self.rows[index], random.Random(f"{self.seed}:{epoch}:{index}"),
+                                f"row {index} of {self.name}")
+        return self.decoder(self.rows[key], index=f"row {key} of {self.name}")
 
 
 def collate(samples: list[tuple[torch.Tensor | None, Any]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
@@ -193,8 +197,8 @@ class ImageDataModule(L.LightningDataModule):
         rank = self.trainer.global_rank if self.trainer else 0
         common = dict(batch_size=batch, collate_fn=collate, pin_memory=torch.cuda.is_available())
         if self.streaming:
-            stream = split_stream(self.splits[split], rank, world, train,
-                                  self.cfg.get("shuffle_buffer", 10_000), self.seed)
+            buffer = self.cfg.get("shuffle_buffer", 10_000)
+            stream = split_stream(self.splits[split], rank, world, train, buffer, self.seed)
             workers = min(workers, stream.n_shards)  # a worker without a shard would idle
             length = self._stream_length(split, world) if train else None
             # per-rank crop seeds, as the ranks' augmentation streams are (DeviceAugment)
@@ -204,8 +208,10 @@ class ImageDataModule(L.LightningDataModule):
             if not train:
                 return DataLoader(dataset, **options)
             epoch_of = (lambda: self.trainer.current_epoch) if self.trainer else None
-            return StreamingLoader(dataset, epoch_of=epoch_of, **options)
-        dataset = ImageDataset(self.splits[split], decoder, self.seed)
+            layout = {"trainer.devices x trainer.num_nodes": world,
+                      "data.shuffle_buffer": buffer}
+            return StreamingLoader(dataset, epoch_of=epoch_of, layout=layout, **options)
+        dataset = ImageDataset(self.splits[split], decoder, self.seed, f"{self.cfg['name']}/{split}")
         options = dict(num_workers=workers, persistent_workers=workers > 0, **common)
         if train:
             # order fixed by (seed, epoch), position saved in checkpoints: exact mid-epoch resume

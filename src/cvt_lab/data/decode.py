@@ -23,8 +23,10 @@ class ImageDecodeError(ValueError):
         self.where = where
 
 
-def decode_image(value: Any, max_pixels: int | None = None) -> Image.Image:
+def decode_image(value: Any, max_pixels: int | None = None, row: str | None = None) -> Image.Image:
     """Decode a ``datasets`` Image value ({"bytes", "path"}) to an upright RGB image.
+
+    Errors name the file, else ``row`` (which row of which split holds the bytes).
 
     EXIF orientation is applied, so phone photos are upright. Images with more than
     ``max_pixels`` pixels (default: PIL's ``MAX_IMAGE_PIXELS``) are refused before their
@@ -33,7 +35,7 @@ def decode_image(value: Any, max_pixels: int | None = None) -> Image.Image:
     if isinstance(value, Image.Image):
         return to_rgb(ImageOps.exif_transpose(value))
     data, path = value.get("bytes"), value.get("path")
-    where = path or "an image stored as bytes"
+    where = path or (f"{row} (an image stored as bytes)" if row else "an image stored as bytes")
     if max_pixels is not None:
         Image.MAX_IMAGE_PIXELS = max_pixels  # PIL's own (process-wide) bomb guard
     if data == b"" or (data is None and path and os.path.isfile(path) and os.path.getsize(path) == 0):

@@ -20,6 +20,7 @@ from datasets import IterableDataset
 from datasets.distributed import split_dataset_by_node
 
 from ..resume import ResumableLoader
+from ..validate import ConfigError
 
 
 def split_stream(stream: IterableDataset, rank: int, world: int, shuffle: bool,
@@ -100,12 +101,19 @@ class StreamingLoader(ResumableLoader):
     workers pass over the batches already trained on; as the DataLoader restarts its turns at
     worker 0 rather than at the worker that holds the next batch, up to ``num_workers - 1``
     batches wait here so the pass continues in the uninterrupted order.
+
+    ``layout``: the settings, besides the batch, that decide which rows a pass's batches hold
+    (``data.num_workers``: each worker reads its own shards; the processes; the shuffle
+    buffer), as ``{config key: value}``. It is kept in the state, and resuming mid-epoch with
+    other values is refused: the rest of the epoch would not be the rows still to train on.
     """
 
     def __init__(self, dataset: StreamingImages, *args: Any,
-                 epoch_of: Callable[[], int] | None = None, **kwargs: Any) -> None:
+                 epoch_of: Callable[[], int] | None = None,
+                 layout: dict[str, int] | None = None, **kwargs: Any) -> None:
         super().__init__(dataset, *args, **kwargs)
         self.epoch_of = epoch_of
+        self.layout = {"data.num_workers": self.num_workers, **(layout or {})}
         self._next_epoch = 0  # without epoch_of
         self._resume_at: tuple[int, int] | None = None
 
@@ -129,6 +137,23 @@ class StreamingLoader(ResumableLoader):
 
     def _seek(self, epoch: int, batches: int) -> None:
         self._resume_at, self._next_epoch = (epoch, batches), epoch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "layout": self.layout}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = (state or {}).get("layout") or {}  # (none in checkpoints from before it was kept)
+        changed = {k: v for k, v in saved.items() if self.layout.get(k) != v}
+        if changed and 0 < state["batches"] < len(self):
+            diffs = ", ".join(f"{k}={v} (this run: {self.layout.get(k)})" for k, v in changed.items())
+            again = " ".join(f"{k}={v}" for k, v in changed.items())
+            raise ConfigError(
+                f"the checkpoint stopped at batch {state['batches']} of {len(self)} of epoch "
+                f"{state['epoch']} of a stream read with {diffs}: these decide which rows a "
+                "stream's batches hold, so the rest of that epoch read with other values would "
+                "train some of its images twice and others not at all. To continue it exactly, "
+                f"resume with {again}")
+        super().load_state_dict(state)
 
 
 def _in_pass_order(batches: Iterator[Any], done: int, total: int, workers: int) -> Iterator[Any]:
