@@ -160,6 +160,4 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
     for text in case.get("once", []):
         assert outputs.count(text) == 1, text
     assert not warnings_of_ours(nb)
-    figures = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code"
-                  for o in c.outputs)
-    assert figures == case["figures"]
+    assert images_shown(nb) == case["figures"]

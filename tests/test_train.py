@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 from conftest import compose_config, run_cli
 from cvt_lab.data import ImageDataModule
 from cvt_lab.models import create_model, export_hf
+from cvt_lab.module import CvTModule
 from cvt_lab.train import plain, run
 from cvt_lab.validate import ConfigError
 from model_helpers import randomise_bn
@@ -94,3 +96,12 @@ def test_fine_tuning_starts_from_the_published_weights_with_a_new_head(tmp_path)
             assert state[f"net.{name}"].shape[0] == 10  # the data's classes
         else:
             torch.testing.assert_close(state[f"net.{name}"], weight, rtol=0, atol=1e-20, msg=name)
+    # the fine-tuned checkpoint stands alone: it loads with the pretrained weights gone (no
+    # re-read of them, no 'classifier reset'), into the very architecture it was trained as
+    shutil.rmtree(path)
+    restored = CvTModule.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt",
+                                              weights_only=True)
+    assert restored.net.config == create_model("cvt_tiny", num_classes=10, activation="gelu",
+                                               depths=(1, 2, 3)).config
+    for name, value in restored.net.state_dict().items():
+        assert torch.equal(value, state[f"net.{name}"]), name

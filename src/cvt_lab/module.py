@@ -16,7 +16,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torchmetrics import MaxMetric, MeanMetric, MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from .models import CvT, create_model
+from .models import CvT, CvTConfig, create_model
 from .models.checkpoint import CONFIG_KEY
 from .models.config import architecture_overrides
 from .optim import build_optimizer, build_scheduler
@@ -26,13 +26,19 @@ from .utils import rank_zero_logs
 BEST_KEY = "val_acc1_best"  # top-level key of our checkpoints: the best val/acc1 so far
 
 
-def build_network(model_cfg: dict[str, Any], num_classes: int) -> CvT:
-    """``model`` config -> CvT. Null knobs keep the preset's value."""
-    knobs = architecture_overrides(model_cfg)
-    if model_cfg.get("pretrained"):
-        knobs["pretrained"] = model_cfg["pretrained"]
-    with rank_zero_logs("cvt_lab.models"):  # what loading the weights did: once, not per DDP rank
-        net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
+def build_network(model_cfg: dict[str, Any], num_classes: int,
+                  net_config: dict[str, Any] | None = None) -> CvT:
+    """``model`` config -> CvT. Null knobs keep the preset's value. ``net_config`` (what a
+    checkpoint of ours records) builds that exact network instead, without reading
+    ``model.pretrained``: the checkpoint's weights replace those anyway."""
+    if net_config is not None:
+        net = CvT(CvTConfig.build(**net_config))
+    else:
+        knobs = architecture_overrides(model_cfg)
+        if model_cfg.get("pretrained"):
+            knobs["pretrained"] = model_cfg["pretrained"]
+        with rank_zero_logs("cvt_lab.models"):  # what loading the weights did: once per run
+            net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
     if model_cfg.get("grad_checkpointing"):
         net.set_grad_checkpointing(True)
     return net
@@ -74,14 +80,19 @@ class CvTModule(L.LightningModule):
     ``compile``: ``torch.compile`` the network in :meth:`configure_model` (in place, so
     checkpoint keys have no ``_orig_mod.`` and load into an uncompiled module).
     ``channels_last``: NHWC memory format for weights and inputs (faster convs on GPUs).
+    ``net_config``: the exact network (a :class:`CvTConfig` dict), set by checkpoints.
     """
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
                  num_classes: int, label_smoothing: float = 0.0, ema_decay: float | None = None,
-                 compile: bool | dict[str, Any] = False, channels_last: bool = False) -> None:
+                 compile: bool | dict[str, Any] = False, channels_last: bool = False,
+                 net_config: dict[str, Any] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.net = build_network(model, num_classes)
+        self.net = build_network(model, num_classes, net_config)
+        # checkpoints record the network built, so load_from_checkpoint rebuilds it exactly
+        # without the pretrained weights it started from (which may be gone, or a Hub id)
+        self.hparams["net_config"] = self.net.config.to_dict()
         self.ema = ema_copy(self.net, ema_decay) if ema_decay is not None else None
         self.label_smoothing = label_smoothing
         self.train_metrics = accuracy_metrics(num_classes, "train/")

@@ -119,7 +119,9 @@ HPARAM_KEYS = {"label_smoothing": "augment.label_smoothing", "num_classes": "dat
 def config_hparams(hparams: dict[str, Any]) -> dict[str, Any]:
     """A CvTModule's hyper-parameters under their config keys ('optimizer.lr': 0.002, ...)."""
     flat = {f"{g}.{k}": v for g in HPARAM_GROUPS for k, v in (hparams.get(g) or {}).items()}
-    flat.update({HPARAM_KEYS.get(k, k): v for k, v in hparams.items() if k not in HPARAM_GROUPS})
+    # (net_config is what the model.* keys built: those are compared, and say it in config terms)
+    flat.update({HPARAM_KEYS.get(k, k): v for k, v in hparams.items()
+                 if k not in (*HPARAM_GROUPS, "net_config")})
     return flat
 
 
