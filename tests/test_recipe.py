@@ -382,6 +382,20 @@ def test_bf16_mixed_trains_on_cpu_with_channels_last():
     assert module.net.head.weight.dtype == torch.float32
 
 
+@pytest.mark.parametrize(("precision", "dtype"), [("bf16-true", torch.bfloat16),
+                                                  ("64-true", torch.float64)])
+def test_true_precisions_that_validation_accepts_train_and_test(make_cfg, precision, dtype):
+    # Lightning casts a batch to the network's dtype before on_after_batch_transfer, where the
+    # device augmentation turns the uint8 images into float32: conv2d refused the mix at once
+    cfg = make_cfg(f"trainer.precision={precision}", "trainer.max_epochs=1", "data.num_workers=0",
+                   "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1",
+                   "+trainer.limit_test_batches=1")
+    metrics = run(cfg)
+    assert math.isfinite(metrics["train/loss"]) and math.isfinite(metrics["test/loss"])
+    ckpt = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == 2 and ckpt["state_dict"]["net.head.weight"].dtype == dtype
+
+
 def test_compile_trains_and_checkpoint_loads_into_an_uncompiled_module(tmp_path):
     # aot_eager: Dynamo capture + AOTAutograd (fwd/bwd graphs) in seconds; the default
     # inductor backend adds C++ codegen (~90 s here) and is covered by benchmarks/bench_train.py

@@ -21,6 +21,8 @@ from .validate import ConfigError
 # Lightning's precision flags; "32"/"16"/"bf16" are its short spellings.
 FP16_MIXED = ("16-mixed", "16")
 BF16 = ("bf16-mixed", "bf16", "bf16-true")
+# Precisions that hold the weights themselves in 16 bits: dtype, mantissa bits, mixed alternative
+HALF_TRUE = {"bf16-true": ("bfloat16", 8, "bf16-mixed"), "16-true": ("float16", 11, "16-mixed")}
 # Strategies whose processes Lightning starts by re-running sys.argv (breaks Hydra multirun).
 SUBPROCESS_STRATEGIES = ("ddp", "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false")
 # Strategies that start new processes for each of fit and test (and return to this one between)
@@ -60,6 +62,7 @@ def validate_hardware(cfg: DictConfig) -> None:
     _check_devices(trainer)
     _check_precision(trainer)
     _check_batch_split(cfg)
+    _check_ema_precision(cfg)
     if cfg.get("compile"):
         _check_compile(trainer, cfg.compile)
     if trainer.get("sync_batchnorm") and not uses_gpu(trainer):
@@ -101,6 +104,20 @@ def _check_precision(trainer: dict[str, Any]) -> None:
             f"trainer.precision={precision}: this GPU ({torch.cuda.get_device_name()}) has no "
             "bfloat16 support (it needs compute capability 8.0+, e.g. A100/H100); use "
             "trainer.precision=16-mixed")
+
+
+def _check_ema_precision(cfg: DictConfig) -> None:
+    """An EMA moves by (1 - ema_decay) x the change per step: far below what 16-bit weights,
+    which Lightning's *-true precisions make of the whole module (the EMA copy too), resolve."""
+    decay, precision = cfg.get("ema_decay"), str(cfg.trainer.get("precision"))
+    if decay is None or precision not in HALF_TRUE:
+        return
+    dtype, bits, mixed = HALF_TRUE[precision]
+    raise HardwareError(
+        f"ema_decay={decay} with trainer.precision={precision}: the EMA weights would be held in "
+        f"{dtype}, whose {bits}-bit mantissa rounds away most updates of {1 - decay:.4g} x the "
+        f"change, so they stay near the first weights; use trainer.precision={mixed} (fp32 "
+        "weights) or ema_decay=null")
 
 
 def _lightning_precisions() -> tuple[Any, ...]:

@@ -260,7 +260,11 @@ class ImageDataModule(L.LightningDataModule):
             log.warning("skipped unreadable image (%d so far): %s", self.skipped, reason)
         training = self.trainer is not None and self.trainer.training
         rank = self.trainer.global_rank if self.trainer is not None else 0
-        return self.device_augment(images, labels, training, rank)
+        batch = self.device_augment(images, labels, training, rank)
+        if self.trainer is None:
+            return batch
+        # *-true precisions: Lightning casts the batch before this hook, while it is still uint8
+        return self.trainer.precision_plugin.convert_input(batch)
 
 
 def check_labels(ds: Dataset, num_classes: int, where: str) -> None:
