@@ -153,6 +153,26 @@ def test_randaugment_changes_images_and_stays_in_range():
     assert torch.equal(RandAugment(prob=0.0)(x), x)
 
 
+@pytest.mark.parametrize("std", [float("inf"), 101.0])
+def test_randaugment_magnitude_std_inf_draws_uniformly_up_to_the_magnitude_as_timm(std):
+    """timm's 'mstd' above 100 (or inf) means a magnitude uniform in [0, m], not Gaussian noise
+    so wide that the clamp leaves only 0 and 10."""
+    torch.manual_seed(0)
+    m = RandAugment(magnitude=9, magnitude_std=std).magnitudes(20_000, torch.device("cpu"))
+    assert m.min() >= 0 and m.max() <= 0.9
+    assert m.mean().item() == pytest.approx(0.45, abs=0.01)
+    assert ((m > 0.2) & (m < 0.7)).float().mean().item() == pytest.approx(5 / 9, abs=0.02)
+
+
+def test_randaugment_magnitudes_are_normal_around_the_magnitude_and_clamped():
+    torch.manual_seed(0)
+    m = RandAugment(magnitude=9, magnitude_std=0.5).magnitudes(20_000, torch.device("cpu"))
+    assert m.max() == 1.0 and m.min() > 0.6  # 9 +- 0.5 on the 0-10 scale, clamped at 10
+    assert m[m < 1].mean().item() == pytest.approx(0.89, abs=0.01)
+    assert torch.equal(RandAugment(magnitude=9, magnitude_std=0).magnitudes(4, torch.device("cpu")),
+                       torch.full((4,), 0.9))
+
+
 MAGNITUDE_FREE = {"auto_contrast", "equalize", "invert", "posterize"}  # posterize keeps 4 bits at m=0
 
 

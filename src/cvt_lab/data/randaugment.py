@@ -131,7 +131,8 @@ class RandAugment(nn.Module):
     Args:
         num_ops: operations drawn (with replacement) per image; timm/paper: 2.
         magnitude: mean strength on a 0-10 scale; paper: 9.
-        magnitude_std: std of the per-image, per-operation magnitude noise; paper: 0.5.
+        magnitude_std: std of the per-image, per-operation magnitude noise; paper: 0.5. Inf
+            (or above 100) draws it uniformly in [0, magnitude], as timm does.
         prob: probability that each drawn operation is applied; timm: 0.5.
         fill: RGB value in [0, 1] for pixels moved in by geometric ops (the data mean).
         ops: names from ``OPS`` to draw from (default: all 15).
@@ -156,16 +157,24 @@ class RandAugment(nn.Module):
         for _ in range(self.num_ops):
             choice = torch.randint(len(self.ops), (b,), device=device)
             applied = torch.rand(b, device=device) < self.prob
-            m = torch.full((b,), float(self.magnitude), device=device)
-            if self.magnitude_std > 0:
-                m = m + self.magnitude_std * torch.randn(b, device=device)
-            m = m.clamp(0, 10) / 10
+            m = self.magnitudes(b, device)
             sign = torch.where(torch.rand(b, device=device) < 0.5, -1.0, 1.0)
             for k, name in enumerate(self.ops):
                 idx = torch.nonzero(applied & (choice == k)).squeeze(1)
                 if idx.numel():
                     x[idx] = self.apply_op(name, x[idx], m[idx], sign[idx])
         return x
+
+    def magnitudes(self, b: int, device: torch.device) -> torch.Tensor:
+        """One strength per image in [0, 1]: ``N(magnitude, magnitude_std)`` clamped to the
+        0-10 scale, or, for ``magnitude_std`` inf or above 100 (timm's 'mstd101'), uniform in
+        [0, magnitude]."""
+        if self.magnitude_std == float("inf") or self.magnitude_std > 100:
+            return torch.rand(b, device=device) * (self.magnitude / 10)
+        m = torch.full((b,), float(self.magnitude), device=device)
+        if self.magnitude_std > 0:
+            m = m + self.magnitude_std * torch.randn(b, device=device)
+        return m.clamp(0, 10) / 10
 
     def apply_op(self, name: str, x: torch.Tensor, m: torch.Tensor, sign: torch.Tensor) -> torch.Tensor:
         """One operation on every image of ``x``; ``m`` in [0, 1] per image, ``sign`` +-1."""
