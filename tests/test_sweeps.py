@@ -187,3 +187,17 @@ def test_a_sweep_job_without_its_objective_says_why(make_cfg, monkeypatch, caplo
     caplog.clear()
     monkeypatch.setattr(sweep_module, "is_multirun", lambda: False)  # a single run has no sweeper
     assert sweep_module.objective(cfg, {}) is None and not caplog.records
+
+
+@pytest.mark.parametrize("metric, direction", [("val/acc1_best", "maximize"),
+                                               ("val/loss", "minimize"),
+                                               ("train/loss_epoch", "minimize")])
+def test_the_optuna_direction_follows_the_optimized_metric(metric, direction, tmp_path):
+    # optimized_metric=val/loss was maximised: direction was fixed to maximize in optuna.yaml
+    from hydra.core.hydra_config import HydraConfig
+
+    compose_config(["hparams_search=optuna", f"optimized_metric={metric}"], tmp_path)
+    assert HydraConfig.get().sweeper.direction == direction
+    compose_config(["hparams_search=optuna", f"optimized_metric={metric}",
+                    "hydra.sweeper.direction=maximize"], tmp_path)  # an explicit choice wins
+    assert HydraConfig.get().sweeper.direction == "maximize"
