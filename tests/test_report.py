@@ -166,3 +166,16 @@ def test_a_folder_of_different_ablations_is_not_titled_by_its_first_table(tmp_pa
     assert report.report(tmp_path, wandb_mode="disabled")["markdown"].startswith("# Sweep report\n")
     one = report.report(tmp_path / "a", wandb_mode="disabled")["markdown"]
     assert one.startswith("# CvT Table 7: k/v projection stride\n")
+
+
+def test_a_report_run_from_inside_the_sweep_dir_joins_its_wandb_group(tmp_path, monkeypatch):
+    # `cd logs/train/multiruns/<time> && python -m cvt_lab.report .` logged its table to the
+    # W&B group 'train-' (the name of '.'), not the sweep's 'train-<time>'
+    from cvt_lab.sweep import wandb_group
+
+    sweep_dir = tmp_path / "2026-11-25_03-00-00_000001"
+    (sweep_dir / "0").mkdir(parents=True)
+    monkeypatch.chdir(sweep_dir)
+    assert wandb_group("train", ".") == "train-2026-11-25_03-00-00_000001"
+    monkeypatch.chdir(sweep_dir / "0")
+    assert wandb_group("train", "..") == "train-2026-11-25_03-00-00_000001"

@@ -84,7 +84,7 @@ def name_wandb_run(cfg: DictConfig) -> None:
 
 def wandb_group(task_name: str, sweep_dir: str | Path) -> str:
     """The W&B group of a sweep's runs (and of its report): ``<task_name>-<sweep dir name>``."""
-    return f"{task_name}-{Path(sweep_dir).name}"
+    return f"{task_name}-{Path(sweep_dir).resolve().name}"  # (".": the dir it names)
 
 
 @rank_zero_only
