@@ -179,3 +179,20 @@ def test_a_report_run_from_inside_the_sweep_dir_joins_its_wandb_group(tmp_path, 
     assert wandb_group("train", ".") == "train-2026-11-25_03-00-00_000001"
     monkeypatch.chdir(sweep_dir / "0")
     assert wandb_group("train", "..") == "train-2026-11-25_03-00-00_000001"
+
+
+def test_the_plot_marks_a_failed_or_unfinished_jobs_partial_value(monkeypatch):
+    # a job killed (or failed) after some epochs keeps the values its CSV logged: the table
+    # says 'incomplete'/'failed' beside them, but the plot drew them as a plain result
+    from matplotlib.axes import Axes
+
+    notes = []
+    text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda ax, x, y, s, *a, **kw: (
+        notes.append(s.strip()), text(ax, x, y, s, *a, **kw))[1])
+    jobs = [report.Job(name=str(i), overrides=[f"seed={i}"], status=status,
+                       metrics={"val/acc1_best": 0.5}, params=566_218)
+            for i, status in enumerate(["ok", "incomplete", "failed"])]
+    report.to_png(jobs, "val/acc1_best", None)
+    assert notes[:3] == ["50.00", "50.00 (incomplete)", "50.00 (failed)"]
+    assert notes[3:] == ["0.57"] * 3  # the parameter panel: the model's cost, no status

@@ -258,6 +258,8 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
                 color="tab:blue" if ax is axes[0] else "tab:gray")
         for i, (job, v) in enumerate(zip(jobs, values)):
             note = job.status if math.isnan(v) else f"{v:.2f}"
+            if ax is axes[0] and job.status != "ok" and not math.isnan(v):
+                note += f" ({job.status})"  # a partial value, from its CSV log
             if ax is axes[0] and "top1" in job.paper:
                 note += f"  (paper {job.paper['top1']:.1f})"
             ax.text(0, i, " " + note, va="center", ha="left", fontsize="small",
