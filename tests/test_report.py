@@ -196,3 +196,13 @@ def test_the_plot_marks_a_failed_or_unfinished_jobs_partial_value(monkeypatch):
     report.to_png(jobs, "val/acc1_best", None)
     assert notes[:3] == ["50.00", "50.00 (incomplete)", "50.00 (failed)"]
     assert notes[3:] == ["0.57"] * 3  # the parameter panel: the model's cost, no status
+
+
+def test_job_dirs_sort_numerically_beside_named_ones(tmp_path):
+    # a folder holding a sweep's jobs (0, 1, ...) and a run copied beside them ('baseline')
+    # crashed: TypeError: '<' not supported between instances of 'str' and 'int'
+    for job in ("10", "2", "baseline", "0", "a/1", "a/0"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    found = [str(d.relative_to(tmp_path)) for d in report.find_job_dirs(tmp_path)]
+    assert found == ["0", "2", "10", "a/0", "a/1", "baseline"]

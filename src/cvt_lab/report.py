@@ -60,7 +60,8 @@ class Job:
 def find_job_dirs(root: Path) -> list[Path]:
     """Every Hydra job dir under root (a sweep dir, a folder of sweeps, or one run dir)."""
     dirs = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
-    return sorted(dirs, key=lambda d: [int(s) if s.isdigit() else s
+    # job numbers in numeric order, before named dirs (a run copied beside a sweep's jobs)
+    return sorted(dirs, key=lambda d: [(0, int(s), "") if s.isdigit() else (1, 0, s)
                                        for s in d.relative_to(root).parts])
 
 
