@@ -7,6 +7,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+# light (no torch); importing it registers the config's resolvers before Hydra composes
+from cvt_lab.validate import print_override_hint
+
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
@@ -31,7 +34,5 @@ if __name__ == "__main__":
         main()
     except SystemExit as stop:
         if stop.code not in (0, None):  # Hydra refused the command line? then add a hint
-            from cvt_lab.validate import print_override_hint
-
             print_override_hint(sys.argv[1:], Path(__file__).resolve().parent / "conf")
         raise

@@ -166,3 +166,43 @@ def test_a_folder_of_different_ablations_is_not_titled_by_its_first_table(tmp_pa
     assert report.report(tmp_path, wandb_mode="disabled")["markdown"].startswith("# Sweep report\n")
     one = report.report(tmp_path / "a", wandb_mode="disabled")["markdown"]
     assert one.startswith("# CvT Table 7: k/v projection stride\n")
+
+
+def test_a_report_run_from_inside_the_sweep_dir_joins_its_wandb_group(tmp_path, monkeypatch):
+    # `cd logs/train/multiruns/<time> && python -m cvt_lab.report .` logged its table to the
+    # W&B group 'train-' (the name of '.'), not the sweep's 'train-<time>'
+    from cvt_lab.sweep import wandb_group
+
+    sweep_dir = tmp_path / "2026-11-25_03-00-00_000001"
+    (sweep_dir / "0").mkdir(parents=True)
+    monkeypatch.chdir(sweep_dir)
+    assert wandb_group("train", ".") == "train-2026-11-25_03-00-00_000001"
+    monkeypatch.chdir(sweep_dir / "0")
+    assert wandb_group("train", "..") == "train-2026-11-25_03-00-00_000001"
+
+
+def test_the_plot_marks_a_failed_or_unfinished_jobs_partial_value(monkeypatch):
+    # a job killed (or failed) after some epochs keeps the values its CSV logged: the table
+    # says 'incomplete'/'failed' beside them, but the plot drew them as a plain result
+    from matplotlib.axes import Axes
+
+    notes = []
+    text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda ax, x, y, s, *a, **kw: (
+        notes.append(s.strip()), text(ax, x, y, s, *a, **kw))[1])
+    jobs = [report.Job(name=str(i), overrides=[f"seed={i}"], status=status,
+                       metrics={"val/acc1_best": 0.5}, params=566_218)
+            for i, status in enumerate(["ok", "incomplete", "failed"])]
+    report.to_png(jobs, "val/acc1_best", None)
+    assert notes[:3] == ["50.00", "50.00 (incomplete)", "50.00 (failed)"]
+    assert notes[3:] == ["0.57"] * 3  # the parameter panel: the model's cost, no status
+
+
+def test_job_dirs_sort_numerically_beside_named_ones(tmp_path):
+    # a folder holding a sweep's jobs (0, 1, ...) and a run copied beside them ('baseline')
+    # crashed: TypeError: '<' not supported between instances of 'str' and 'int'
+    for job in ("10", "2", "baseline", "0", "a/1", "a/0"):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text("[]\n")
+    found = [str(d.relative_to(tmp_path)) for d in report.find_job_dirs(tmp_path)]
+    assert found == ["0", "2", "10", "a/0", "a/1", "baseline"]

@@ -187,3 +187,52 @@ def test_a_sweep_job_without_its_objective_says_why(make_cfg, monkeypatch, caplo
     caplog.clear()
     monkeypatch.setattr(sweep_module, "is_multirun", lambda: False)  # a single run has no sweeper
     assert sweep_module.objective(cfg, {}) is None and not caplog.records
+
+
+@pytest.mark.parametrize("metric, direction", [("val/acc1_best", "maximize"),
+                                               ("val/loss", "minimize"),
+                                               ("train/loss_epoch", "minimize")])
+def test_the_optuna_direction_follows_the_optimized_metric(metric, direction, tmp_path):
+    # optimized_metric=val/loss was maximised: direction was fixed to maximize in optuna.yaml
+    from hydra.core.hydra_config import HydraConfig
+
+    compose_config(["hparams_search=optuna", f"optimized_metric={metric}"], tmp_path)
+    assert HydraConfig.get().sweeper.direction == direction
+    compose_config(["hparams_search=optuna", f"optimized_metric={metric}",
+                    "hydra.sweeper.direction=maximize"], tmp_path)  # an explicit choice wins
+    assert HydraConfig.get().sweeper.direction == "maximize"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="needs the [sweep] extra (hydra-optuna-sweeper)")
+def test_a_trial_whose_objective_is_nan_fails_and_the_search_goes_on(tmp_path):
+    # lr 1e30 on one batch: the only update overflows the weights, so the job finishes with a
+    # NaN val/loss. Optuna refused the NaN and the sweeper's own FAIL record then raised: the
+    # search died after that trial ('Values were told ...'), the trial left RUNNING
+    import optuna
+
+    db = tmp_path / "old" / "optuna.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="cvt_lab", storage=url, direction="minimize")
+    study.tell(study.ask(), 5.0)
+    one_batch = [o for o in TINY if "limit_train_batches" not in o]
+    proc = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", *one_batch,
+                   f"hydra.sweeper.storage.path={db}", "logger=csv", "optimized_metric=val/loss",
+                   "optimizer.lr=1e30", "scheduler=constant", "+trainer.limit_train_batches=1",
+                   f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = optuna.load_study(study_name="cvt_lab", storage=url).trials
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "FAIL"]
+    best = yaml.safe_load((tmp_path / "sweep" / "optimization_results.yaml").read_text())
+    assert best["best_value"] == 5.0
+    assert "optimized_metric=val/loss is nan in this job" in proc.stdout + proc.stderr
+
+
+def test_a_nan_objective_is_no_value(make_cfg, monkeypatch, caplog):
+    cfg = make_cfg("optimized_metric=val/loss")
+    monkeypatch.setattr(sweep_module, "is_multirun", lambda: True)
+    assert sweep_module.objective(cfg, {"val/loss": float("nan")}) is None
+    assert "optimized_metric=val/loss is nan in this job" in caplog.text
+    assert sweep_module.objective(cfg, {"val/loss": float("inf")}) == float("inf")  # just bad

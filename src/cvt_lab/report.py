@@ -60,7 +60,8 @@ class Job:
 def find_job_dirs(root: Path) -> list[Path]:
     """Every Hydra job dir under root (a sweep dir, a folder of sweeps, or one run dir)."""
     dirs = {p.parent.parent for p in root.rglob("overrides.yaml") if p.parent.name == ".hydra"}
-    return sorted(dirs, key=lambda d: [int(s) if s.isdigit() else s
+    # job numbers in numeric order, before named dirs (a run copied beside a sweep's jobs)
+    return sorted(dirs, key=lambda d: [(0, int(s), "") if s.isdigit() else (1, 0, s)
                                        for s in d.relative_to(root).parts])
 
 
@@ -258,6 +259,8 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
                 color="tab:blue" if ax is axes[0] else "tab:gray")
         for i, (job, v) in enumerate(zip(jobs, values)):
             note = job.status if math.isnan(v) else f"{v:.2f}"
+            if ax is axes[0] and job.status != "ok" and not math.isnan(v):
+                note += f" ({job.status})"  # a partial value, from its CSV log
             if ax is axes[0] and "top1" in job.paper:
                 note += f"  (paper {job.paper['top1']:.1f})"
             ax.text(0, i, " " + note, va="center", ha="left", fontsize="small",

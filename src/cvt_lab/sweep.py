@@ -50,10 +50,16 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
     """The value a sweeper optimises (``optimized_metric``), None when there is none.
 
     A training job of a sweep that never logged it (validation did not run) says so: the
-    sweeper itself only reports that None is not a float.
+    sweeper itself only reports that None is not a float. A NaN value (a diverged run's loss)
+    is None too, so Optuna records the trial as failed: told a NaN, it raised out of the
+    sweeper's own failure handling and ended the whole search.
     """
     metric = cfg.get("optimized_metric")
     if not metric:
+        return None
+    if math.isnan(metrics.get(metric, 0.0)):
+        log.warning("optimized_metric=%s is nan in this job (did training diverge?): the sweeper "
+                    "records it as failed", metric)
         return None
     if metric not in metrics and cfg.get("train") and is_multirun():
         log.warning("optimized_metric=%s was not logged by this job, so the sweeper gets no value "
@@ -78,7 +84,7 @@ def name_wandb_run(cfg: DictConfig) -> None:
 
 def wandb_group(task_name: str, sweep_dir: str | Path) -> str:
     """The W&B group of a sweep's runs (and of its report): ``<task_name>-<sweep dir name>``."""
-    return f"{task_name}-{Path(sweep_dir).name}"
+    return f"{task_name}-{Path(sweep_dir).resolve().name}"  # (".": the dir it names)
 
 
 @rank_zero_only

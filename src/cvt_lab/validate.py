@@ -21,6 +21,17 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def metric_direction(metric: str) -> str:
+    """How a sweeper optimises ``metric``: a loss down, anything else (accuracies) up.
+    ``${metric_direction:${optimized_metric}}`` in conf/hparams_search/optuna.yaml; the
+    resolver is registered when this module is imported (run.py and compose do, first)."""
+    return "minimize" if "loss" in str(metric).rsplit("/", 1)[-1] else "maximize"
+
+
+if not OmegaConf.has_resolver("metric_direction"):
+    OmegaConf.register_new_resolver("metric_direction", metric_direction)
 # Groups whose keys are checked against the union of the keys their option files define
 # (so a key added to any option file is known everywhere; a typo is not).
 KEYED_GROUPS = ("model", "data", "augment", "optimizer", "scheduler")
