@@ -111,6 +111,20 @@ def test_a_diverging_lr_never_leaves_non_finite_weights_on_disk(tmp_path):
         assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()), path
 
 
+def test_weights_that_diverge_on_the_last_update_fail_the_run_at_validation(tmp_path):
+    """lr 1e30 and one batch: the one update leaves finite but huge weights, so no training
+    loss is ever NaN, yet validation's is. Such a run must fail (a sweep must not count it),
+    and those weights must not become a 'best' checkpoint."""
+    with pytest.raises(NonFiniteError) as err:
+        run_in_process([*NAN_RUN, "optimizer.lr=1e30", "scheduler=constant",
+                        "trainer.limit_train_batches=1"], tmp_path)
+    assert str(err.value).startswith(
+        "the validation loss is nan after step 1 (epoch 0): the weights give non-finite "
+        "outputs; no checkpoint of them is written; no checkpoint had been written yet. "
+        "Usual fixes: lower optimizer.lr")
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))  # neither a 'best' nor a last
+
+
 class RunsCode:
     """Unpickling this runs a shell command: what a malicious checkpoint does."""
 

@@ -214,6 +214,18 @@ class RunGuard(L.Callback):
             self._requeued = True
             trainer._signal_connector._slurm_sigusr_handler_fn(_slurm_requeue_signal(trainer), None)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # weights can diverge with no NaN training loss (finite but huge after the run's last
+        # update): validation's loss is then NaN. Fail the run (a sweep must not count it)
+        # before ModelCheckpoint, which Lightning runs after the other callbacks, saves them
+        loss = trainer.callback_metrics.get("val/loss")
+        if trainer.sanity_checking or loss is None or bool(torch.isfinite(loss).all()):
+            return
+        raise NonFiniteError(
+            f"the validation loss is {float(loss)} after step {trainer.global_step} (epoch "
+            f"{trainer.current_epoch}): the weights give non-finite outputs; no checkpoint of "
+            f"them is written; {self._kept(trainer)}. {FIXES}")
+
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
         for name, value in checkpoint.get("state_dict", {}).items():

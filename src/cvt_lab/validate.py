@@ -32,6 +32,7 @@ def metric_direction(metric: str) -> str:
 
 if not OmegaConf.has_resolver("metric_direction"):
     OmegaConf.register_new_resolver("metric_direction", metric_direction)
+
 # Groups whose keys are checked against the union of the keys their option files define
 # (so a key added to any option file is known everywhere; a typo is not).
 KEYED_GROUPS = ("model", "data", "augment", "optimizer", "scheduler")
