@@ -264,6 +264,21 @@ def test_torch_compile_full_graph_with_grad_checkpointing():
     assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
 
 
+def test_a_compiled_model_checks_its_inputs_as_the_eager_one_does():
+    # the checks were skipped while compiling: a compiled cvt_tiny gave logits for a 7x32 or 4x4
+    # image, which the eager model refuses naming the minimum size
+    model = tiny().eval()
+    compiled = torch.compile(model, backend="aot_eager")
+    assert compiled(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+    for size in ((7, 32), (4, 4)):
+        with pytest.raises(ValueError, match=rf"input of {size[0]}x{size[1]} px is too small for "
+                                             r"this model .* the minimum size is 8x8 px"):
+            compiled(torch.randn(1, 3, *size))
+    with pytest.raises(ValueError, match="CvT expects floating-point images; got torch.uint8"):
+        compiled(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+    assert compiled(torch.randn(1, 3, 40, 48)).shape == (1, 5)
+
+
 @pytest.mark.slow
 def test_torch_compile_inductor_matches_eager():
     model = tiny().eval()
