@@ -75,7 +75,11 @@ def test_bad_input_names_the_minimum_size():
 
 @pytest.mark.parametrize("overrides", [{}, {"patch_padding": 0}, {"kernel_qkv": 5, "padding_q": 2,
                                                                 "padding_kv": 0},
-                                       {"projection": "avg", "padding_kv": 0}])
+                                       {"projection": "avg", "padding_kv": 0},
+                                       # 'avg' projects q linearly: its q conv geometry (a 5x5
+                                       # window, padding 1) shrinks nothing, yet the minimum was
+                                       # 17 px where the network runs from 8
+                                       {"projection": "avg", "kernel_qkv": 5, "padding_kv": 2}])
 def test_the_minimum_size_is_exactly_where_the_network_stops_running(overrides, monkeypatch):
     """Below it some convolution has no output (or the last stage less than a token per
     stride); at it the network runs. The check is bypassed to see the network itself fail."""
@@ -92,6 +96,10 @@ def test_a_geometry_that_cannot_run_at_its_own_size_is_refused():
     with pytest.raises(ValueError, match="no tokens at img_size=32 .* smallest input it runs at "
                                          "is 67 px"):
         create_model("cvt13", kernel_qkv=5, padding_q=2, padding_kv=0, img_size=32)
+    # 'avg' never convolves q, so its q geometry does not decide (this one was refused at 32 px)
+    model = create_model("cvt13", num_classes=3, projection="avg", kernel_qkv=5, padding_kv=2,
+                         img_size=32)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
 def test_no_cls_token_mean_pools():
