@@ -198,30 +198,34 @@ def test_drop_path_drops_the_residual_branch_per_sample():
     assert torch.equal(DropPath(0.5).eval()(torch.ones(3, 4)), torch.ones(3, 4))
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
-    model = tiny(drop_path=0.0)
-    x = torch.randn(2, 3, 32, 32)
-    model(x).sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, plain[n], msg=n)
-
-
-def test_grad_checkpointing_updates_batchnorm_statistics_once():
-    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
-    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
-    model = tiny(drop_path=0.0)
+def _assert_checkpointed_step_replays(compile_backend: str | None = None, **overrides) -> None:
+    """One training step with and without activation checkpointing, dropout, attention dropout
+    and drop path on: the same loss, every gradient and every BatchNorm buffer, bit for bit.
+    The recomputation must replay the RNG and move the running statistics only once."""
+    model = tiny(drop_rate=0.1, attn_drop=0.1, drop_path=(0.2, 0.2, 0.3), **overrides)
     plain = copy.deepcopy(model)
     model.set_grad_checkpointing(True)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32)
+    losses = []
     for net in (model, plain):
-        net(x).sum().backward()
+        run = torch.compile(net, fullgraph=True, backend=compile_backend) if compile_backend else net
+        torch.manual_seed(7)
+        loss = run(x).logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.equal(*losses)
+    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, atol=0, rtol=0, msg=name)
     for (name, b), ref in zip(model.named_buffers(), plain.buffers()):
         torch.testing.assert_close(b, ref, atol=0, rtol=0, msg=name)
     assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("cls_token", [(False, False, True), False])
+def test_grad_checkpointing_replays_the_training_step_exactly(cls_token):
+    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
+    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
+    _assert_checkpointed_step_replays(cls_token=cls_token)
 
 
 def test_every_gradient_has_its_parameters_strides():
@@ -261,15 +265,7 @@ def test_torch_compile_full_graph_train_and_eval():
 
 @pytest.mark.slow
 def test_torch_compile_full_graph_with_grad_checkpointing():
-    model = tiny(drop_path=0.0)
-    plain = copy.deepcopy(model)
-    model.set_grad_checkpointing(True)
-    x = torch.randn(2, 3, 32, 32)
-    torch.compile(model, fullgraph=True, backend="aot_eager")(x).sum().backward()
-    plain(x).sum().backward()
-    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, ref.grad, msg=name)
-    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
+    _assert_checkpointed_step_replays("aot_eager")
 
 
 def test_a_compiled_model_checks_its_inputs_as_the_eager_one_does():
