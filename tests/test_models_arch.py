@@ -239,8 +239,10 @@ def test_every_gradient_has_its_parameters_strides():
         assert p.grad.stride() == p.stride() == q.stride(), name
 
 
-def test_fuse_bn_keeps_eval_outputs():
-    model = tiny()
+@pytest.mark.parametrize("overrides", [{}, {"projection": ("dw_bn", "avg", "linear")},
+                                       {"stride_kv": 1, "cls_token": False}])
+def test_fuse_bn_keeps_eval_outputs(overrides):
+    model = tiny(**overrides)
     randomise_bn(model)
     model.eval()
     x = torch.randn(2, 3, 40, 32)
@@ -250,7 +252,9 @@ def test_fuse_bn_keeps_eval_outputs():
     model.fuse_bn()
     assert model.bn_fused
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    fused = model(x)
+    torch.testing.assert_close(fused, before, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.fuse_bn()(x), fused)  # a second call folds nothing more
 
 
 def test_torch_compile_full_graph_train_and_eval():
