@@ -75,7 +75,11 @@ def test_bad_input_names_the_minimum_size():
 
 @pytest.mark.parametrize("overrides", [{}, {"patch_padding": 0}, {"kernel_qkv": 5, "padding_q": 2,
                                                                 "padding_kv": 0},
-                                       {"projection": "avg", "padding_kv": 0}])
+                                       {"projection": "avg", "padding_kv": 0},
+                                       # 'avg' projects q linearly: its q conv geometry (a 5x5
+                                       # window, padding 1) shrinks nothing, yet the minimum was
+                                       # 17 px where the network runs from 8
+                                       {"projection": "avg", "kernel_qkv": 5, "padding_kv": 2}])
 def test_the_minimum_size_is_exactly_where_the_network_stops_running(overrides, monkeypatch):
     """Below it some convolution has no output (or the last stage less than a token per
     stride); at it the network runs. The check is bypassed to see the network itself fail."""
@@ -92,6 +96,10 @@ def test_a_geometry_that_cannot_run_at_its_own_size_is_refused():
     with pytest.raises(ValueError, match="no tokens at img_size=32 .* smallest input it runs at "
                                          "is 67 px"):
         create_model("cvt13", kernel_qkv=5, padding_q=2, padding_kv=0, img_size=32)
+    # 'avg' never convolves q, so its q geometry does not decide (this one was refused at 32 px)
+    model = create_model("cvt13", num_classes=3, projection="avg", kernel_qkv=5, padding_kv=2,
+                         img_size=32)
+    assert model(torch.randn(1, 3, 32, 32)).shape == (1, 3)
 
 
 def test_no_cls_token_mean_pools():
@@ -190,30 +198,34 @@ def test_drop_path_drops_the_residual_branch_per_sample():
     assert torch.equal(DropPath(0.5).eval()(torch.ones(3, 4)), torch.ones(3, 4))
 
 
-def test_grad_checkpointing_gives_the_same_gradients():
-    model = tiny(drop_path=0.0)
-    x = torch.randn(2, 3, 32, 32)
-    model(x).sum().backward()
-    plain = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    model.set_grad_checkpointing(True)
-    model(x).sum().backward()
-    for n, p in model.named_parameters():
-        torch.testing.assert_close(p.grad, plain[n], msg=n)
-
-
-def test_grad_checkpointing_updates_batchnorm_statistics_once():
-    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
-    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
-    model = tiny(drop_path=0.0)
+def _assert_checkpointed_step_replays(compile_backend: str | None = None, **overrides) -> None:
+    """One training step with and without activation checkpointing, dropout, attention dropout
+    and drop path on: the same loss, every gradient and every BatchNorm buffer, bit for bit.
+    The recomputation must replay the RNG and move the running statistics only once."""
+    model = tiny(drop_rate=0.1, attn_drop=0.1, drop_path=(0.2, 0.2, 0.3), **overrides)
     plain = copy.deepcopy(model)
     model.set_grad_checkpointing(True)
-    x = torch.randn(2, 3, 32, 32)
+    x = torch.randn(4, 3, 32, 32)
+    losses = []
     for net in (model, plain):
-        net(x).sum().backward()
+        run = torch.compile(net, fullgraph=True, backend=compile_backend) if compile_backend else net
+        torch.manual_seed(7)
+        loss = run(x).logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.detach())
+    assert torch.equal(*losses)
+    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
+        torch.testing.assert_close(p.grad, ref.grad, atol=0, rtol=0, msg=name)
     for (name, b), ref in zip(model.named_buffers(), plain.buffers()):
         torch.testing.assert_close(b, ref, atol=0, rtol=0, msg=name)
     assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
+
+
+@pytest.mark.parametrize("cls_token", [(False, False, True), False])
+def test_grad_checkpointing_replays_the_training_step_exactly(cls_token):
+    # the eager recomputation in backward ran each block's forward again, so every BatchNorm
+    # took a second momentum step on its running statistics (num_batches_tracked 2 per step)
+    _assert_checkpointed_step_replays(cls_token=cls_token)
 
 
 def test_every_gradient_has_its_parameters_strides():
@@ -227,8 +239,10 @@ def test_every_gradient_has_its_parameters_strides():
         assert p.grad.stride() == p.stride() == q.stride(), name
 
 
-def test_fuse_bn_keeps_eval_outputs():
-    model = tiny()
+@pytest.mark.parametrize("overrides", [{}, {"projection": ("dw_bn", "avg", "linear")},
+                                       {"stride_kv": 1, "cls_token": False}])
+def test_fuse_bn_keeps_eval_outputs(overrides):
+    model = tiny(**overrides)
     randomise_bn(model)
     model.eval()
     x = torch.randn(2, 3, 40, 32)
@@ -238,7 +252,9 @@ def test_fuse_bn_keeps_eval_outputs():
     model.fuse_bn()
     assert model.bn_fused
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
-    torch.testing.assert_close(model(x), before, atol=1e-5, rtol=1e-5)
+    fused = model(x)
+    torch.testing.assert_close(fused, before, atol=1e-5, rtol=1e-5)
+    assert torch.equal(model.fuse_bn()(x), fused)  # a second call folds nothing more
 
 
 def test_torch_compile_full_graph_train_and_eval():
@@ -253,15 +269,27 @@ def test_torch_compile_full_graph_train_and_eval():
 
 @pytest.mark.slow
 def test_torch_compile_full_graph_with_grad_checkpointing():
-    model = tiny(drop_path=0.0)
-    plain = copy.deepcopy(model)
-    model.set_grad_checkpointing(True)
-    x = torch.randn(2, 3, 32, 32)
-    torch.compile(model, fullgraph=True, backend="aot_eager")(x).sum().backward()
-    plain(x).sum().backward()
-    for (name, p), ref in zip(model.named_parameters(), plain.parameters()):
-        torch.testing.assert_close(p.grad, ref.grad, msg=name)
-    assert model.stage0.blocks[0].attn.conv_proj_k.bn.num_batches_tracked == 1
+    _assert_checkpointed_step_replays("aot_eager")
+
+
+def test_a_compiled_model_checks_its_inputs_as_the_eager_one_does():
+    # the checks were skipped while compiling: a compiled cvt_tiny gave logits for a 7x32 or 4x4
+    # image, which the eager model refuses naming the minimum size
+    model = tiny().eval()
+    compiled = torch.compile(model, backend="aot_eager")
+    try:
+        assert compiled(torch.randn(1, 3, 32, 32)).shape == (1, 5)
+        for size in ((7, 32), (4, 4)):
+            with pytest.raises(ValueError, match=rf"input of {size[0]}x{size[1]} px is too small "
+                                                 r"for this model .* the minimum size is 8x8 px"):
+                compiled(torch.randn(1, 3, *size))
+        with pytest.raises(ValueError, match="CvT expects floating-point images; got torch.uint8"):
+            compiled(torch.zeros(1, 3, 32, 32, dtype=torch.uint8))
+        assert compiled(torch.randn(1, 3, 40, 48)).shape == (1, 5)
+    finally:
+        # the sizes above made Dynamo mark CvT.forward's input dynamic, which it remembers for
+        # later compiles in this process; inductor cannot lower CvT with dynamic shapes (yet)
+        torch._dynamo.reset()
 
 
 @pytest.mark.slow

@@ -76,10 +76,13 @@ class CvTConfig:
         """Whether every stage's token grid, and its q and k/v grids, are non-empty at ``size``."""
         for i in range(self.num_stages):
             size = token_grid(size, *self.embed_geometry(i))
-            ceil = self.projection[i] == "avg"
-            q = token_grid(size, self.kernel_qkv[i], self.stride_q[i], self.padding_q[i])
-            kv = token_grid(size, self.kernel_qkv[i], self.stride_kv[i], self.padding_kv[i], ceil)
-            if size < 1 or (self.projection[i] != "linear" and min(q, kv) < 1):
+            method = self.projection[i]
+            # only dw_bn convolves q ('avg' projects it linearly, as the network does)
+            q = (token_grid(size, self.kernel_qkv[i], self.stride_q[i], self.padding_q[i])
+                 if method == "dw_bn" else size)
+            kv = (token_grid(size, self.kernel_qkv[i], self.stride_kv[i], self.padding_kv[i],
+                             method == "avg") if method != "linear" else size)
+            if min(size, q, kv) < 1:
                 return False
         return True
 

@@ -377,8 +377,7 @@ class CvT(nn.Module):
     def forward_features(self, x: torch.Tensor, need_weights: bool = False
                          ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
         """Pooled, normalised features (B, C) and, on request, every block's attention."""
-        if not torch.compiler.is_compiling():
-            self.check_input(x)
+        self.check_input(x)  # compiled too: it adds guards on the input's size, no graph break
         maps: list[dict[str, Any]] = []
         cls = None
         for i, stage in enumerate(self.stages):
