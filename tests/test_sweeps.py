@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -128,17 +129,25 @@ def test_optuna_search_in_memory_writes_the_best_trial(tmp_path):
     assert not (out / "optuna.db").exists()
 
 
+def stored_study(tmp_path: Path, direction: str, value: float) -> tuple[Path, str]:
+    """An Optuna study 'cvt_lab' in tmp_path/old/optuna.db with one finished trial of ``value``."""
+    import optuna
+
+    db = tmp_path / "old" / "optuna.db"
+    db.parent.mkdir()
+    url = f"sqlite:///{db}"
+    study = optuna.create_study(study_name="cvt_lab", storage=url, direction=direction)
+    study.tell(study.ask(), value)
+    return db, url
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
                     reason="needs the [sweep] extra (hydra-optuna-sweeper)")
 def test_optuna_search_resumes_a_study_from_its_sqlite_file(tmp_path):
     import optuna
 
-    db = tmp_path / "old" / "optuna.db"
-    db.parent.mkdir()
-    url = f"sqlite:///{db}"
-    study = optuna.create_study(study_name="cvt_lab", storage=url, direction="maximize")
-    study.tell(study.ask(), 2.0)  # an earlier trial no real run can beat (acc <= 1)
+    db, url = stored_study(tmp_path, "maximize", 2.0)  # a trial no real run can beat (acc <= 1)
     proc, out = sweep(tmp_path, "hparams_search=optuna", "hydra.sweeper.n_trials=1",
                       f"hydra.sweeper.storage.path={db}", "logger=csv")
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -214,11 +223,7 @@ def test_a_trial_whose_objective_is_nan_fails_and_the_search_goes_on(tmp_path):
     # why, and a NaN that still reaches the objective is no value (the test below)
     import optuna
 
-    db = tmp_path / "old" / "optuna.db"
-    db.parent.mkdir()
-    url = f"sqlite:///{db}"
-    study = optuna.create_study(study_name="cvt_lab", storage=url, direction="minimize")
-    study.tell(study.ask(), 5.0)
+    db, url = stored_study(tmp_path, "minimize", 5.0)
     one_batch = [o for o in TINY if "limit_train_batches" not in o]
     proc = run_cli("hparams_search=optuna", "hydra.sweeper.n_trials=2", *one_batch,
                    f"hydra.sweeper.storage.path={db}", "logger=csv", "optimized_metric=val/loss",
