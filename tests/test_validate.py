@@ -261,3 +261,16 @@ def test_evaluating_a_backbone_says_it_has_no_classifier():
     assert str(err.value).startswith(
         "train=false model.pretrained=out/backbone: it is a backbone without a classifier, so "
         "the test would run a new, untrained head.")
+
+
+@pytest.mark.parametrize("choice, options", [
+    ("data=_common", "cifar100, embedded, folder, imagenet"),
+    ("model=_knobs", "cvt13, cvt13_384, cvt21, cvt21_384, cvt_tiny, cvt_w24, cvt_w24_384")])
+def test_a_groups_shared_base_file_is_refused_as_an_option(tmp_path, choice, options):
+    # `run.py --help` lists these files among the options; chosen, they composed without the
+    # values an option sets and failed on a bare MissingMandatoryValue
+    group = choice.split("=")[0]
+    with pytest.raises(ConfigError, match=re.escape(
+            f"{choice} is the base file the {group} options share, not an option: choose one "
+            f"of {options}")):
+        validate(cfg_for(tmp_path, choice))

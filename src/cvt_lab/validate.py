@@ -59,6 +59,7 @@ def validate(cfg: DictConfig) -> None:
 
     (Devices, precision and the batch split over devices: ``cvt_lab.hardware``.)
     """
+    _check_group_choices()
     _check_types(cfg)
     _check_unknown_keys(cfg, config_dir())
     _check_run_mode(cfg)
@@ -278,6 +279,26 @@ def config_dir() -> Path:
             if source.provider == "main" and source.schema == "file":
                 return Path(source.path)
     return CONF_DIR
+
+
+def group_options(conf: Path, group: str) -> list[str]:
+    """The options of a config group: its yaml files, less the shared ``_*`` base files."""
+    return sorted(str(p.relative_to(conf / group).with_suffix(""))
+                  for p in (conf / group).rglob("*.yaml") if not p.name.startswith("_"))
+
+
+def _check_group_choices() -> None:
+    """A group's shared base file (data=_common, model=_knobs) is not an option: chosen, it
+    composed without the values the options set and failed later on a missing value."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return
+    conf = config_dir()
+    for group, choice in HydraConfig.get().runtime.choices.items():
+        if choice and Path(str(choice)).name.startswith("_") and (conf / group).is_dir():
+            raise ConfigError(f"{group}={choice} is the base file the {group} options share, "
+                              f"not an option: choose one of {', '.join(group_options(conf, group))}")
 
 
 @lru_cache(maxsize=None)
@@ -502,8 +523,7 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
     value = override.value() if not override.is_sweep_override() else None
     group = key.split("@")[0]
     if (conf / group).is_dir():
-        options = sorted(str(p.relative_to(conf / group).with_suffix(""))
-                         for p in (conf / group).rglob("*.yaml") if not p.name.startswith("_"))
+        options = group_options(conf, group)
         close = difflib.get_close_matches(str(value), options, n=3)
         did = f" Did you mean {group}={close[0]}?" if close else ""
         return f"Hint: '{value}' is not an option of '{group}'.{did} Options: {', '.join(options)}"
