@@ -90,9 +90,6 @@ class CvTModule(L.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.net = build_network(model, num_classes, net_config)
-        # checkpoints record the network built, so load_from_checkpoint rebuilds it exactly
-        # without the pretrained weights it started from (which may be gone, or a Hub id)
-        self.hparams["net_config"] = self.net.config.to_dict()
         self.ema = ema_copy(self.net, ema_decay) if ema_decay is not None else None
         self.label_smoothing = label_smoothing
         self.train_metrics = accuracy_metrics(num_classes, "train/")
@@ -201,10 +198,14 @@ class CvTModule(L.LightningModule):
 
     # MaxMetric's state is not in the state dict: without these a resumed run's val/acc1_best
     # (the sweep objective) would forget the epochs before the interruption. The net's config
-    # goes along so create_model(pretrained=<ckpt>) builds it exactly (shapes record no strides)
+    # goes along so create_model(pretrained=<ckpt>) builds it exactly (shapes record no strides),
+    # and, as the hparam net_config, so load_from_checkpoint rebuilds it without the pretrained
+    # weights it started from (which may be gone, or a Hub id offline)
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[BEST_KEY] = self.val_acc1_best.max_value.detach().cpu()
-        checkpoint[CONFIG_KEY] = self.net.config.to_dict()
+        config = self.net.config.to_dict()
+        checkpoint[CONFIG_KEY] = config
+        checkpoint.setdefault(self.CHECKPOINT_HYPER_PARAMS_KEY, {})["net_config"] = config
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if BEST_KEY in checkpoint:
