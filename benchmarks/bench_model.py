@@ -11,6 +11,10 @@ CPU (the default without CUDA): fp32, eager, CvT-13 at 224 px, batch 8, 2 thread
   blocks to the OS so RSS follows live tensors). "own process" rows time each implementation
   alone in fresh processes (alternating, ``--own-process`` rounds): the steady state a
   training loop sees, without the allocator churn that interleaving two models causes.
+  They count the minor page faults per step too: glibc hands large freed blocks back to the
+  kernel, and every fresh page costs a fault (~2-3 us here) when it is next written.
+  ``--keep-freed-memory`` repeats them with glibc keeping freed memory, so neither model
+  faults and the ratio is compute against compute.
   ``--compile`` adds compiled-vs-compiled rows (inductor; over a minute per model here).
 GPU (when CUDA is present): bf16 autocast, batch 128, eager and ``torch.compile``; peak memory
   from ``torch.cuda.max_memory_allocated`` above the memory allocated before the step;
@@ -33,6 +37,7 @@ import json
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -204,17 +209,22 @@ def memory_worker(impl: str, mode: str, path: Path, args: argparse.Namespace) ->
 
 
 def own_process_worker(impl: str, mode: str, path: Path, args: argparse.Namespace) -> None:
-    """Runs in a fresh process: img/s of one implementation alone, after two warm-up steps.
+    """Runs in a fresh process: img/s of one implementation alone, after two warm-up steps,
+    and the minor page faults per timed step (fresh pages the kernel had to hand out).
     This is what a user's training loop sees: no other model's tensors come and go between
     steps, so the allocator settles (interleaving in one process favours the model that
     allocates less, since each switch hands memory back and forth)."""
     step = _worker_step(impl, mode, path, args)
     step()
     step()
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     t0 = time.perf_counter()
     for _ in range(args.own_steps):
         step()
-    print(json.dumps({"img_s": args.batch * args.own_steps / (time.perf_counter() - t0)}))
+    seconds = time.perf_counter() - t0
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+    print(json.dumps({"img_s": args.batch * args.own_steps / seconds,
+                      "faults_per_step": faults / args.own_steps}))
 
 
 def _subprocess(kind: str, impl: str, mode: str, path: Path, args: argparse.Namespace,
@@ -231,16 +241,30 @@ def measure_memory(impl: str, mode: str, path: Path, args: argparse.Namespace) -
     return _subprocess("memory", impl, mode, path, args, {"MALLOC_MMAP_THRESHOLD_": "65536"})
 
 
-def measure_own_process(mode: str, path: Path, args: argparse.Namespace) -> dict:
+# glibc keeps what it frees (no trimming, no per-tensor mmap), so a step reuses warm pages
+KEEP_FREED_MEMORY = {"MALLOC_MMAP_THRESHOLD_": str(2**32), "MALLOC_TRIM_THRESHOLD_": str(2**36),
+                     "MALLOC_TOP_PAD_": str(2**30)}
+ALLOCATORS = {"default": None, "keep_freed": KEEP_FREED_MEMORY}
+
+
+def measure_own_process(mode: str, path: Path, args: argparse.Namespace,
+                        allocator: str = "default") -> dict:
     """Each implementation alone in fresh processes, alternating which goes first; the
-    speed-up is the median of per-round ratios."""
+    speed-up is the median of per-round ratios. ``keep_freed``: glibc told to keep freed
+    memory, so neither implementation pays page faults; what is left is compute."""
     rates: dict[str, list[float]] = {impl: [] for impl in IMPLS}
+    faults: dict[str, list[float]] = {impl: [] for impl in IMPLS}
     for r in range(args.own_process):
         for impl in (IMPLS if r % 2 == 0 else IMPLS[::-1]):
-            rates[impl].append(_subprocess("own", impl, mode, path, args)["img_s"])
-    return {"rounds": args.own_process, "steps": args.own_steps, "per_round": rates,
+            out = _subprocess("own", impl, mode, path, args, ALLOCATORS[allocator])
+            rates[impl].append(out["img_s"])
+            faults[impl].append(out["faults_per_step"])
+    return {"rounds": args.own_process, "steps": args.own_steps, "allocator": allocator,
+            "per_round": rates, "faults_per_step": faults,
             "ours_img_s": statistics.median(rates["ours"]),
             "transformers_img_s": statistics.median(rates["transformers"]),
+            "ours_faults_per_step": statistics.median(faults["ours"]),
+            "transformers_faults_per_step": statistics.median(faults["transformers"]),
             "speedup": statistics.median(a / b for a, b in zip(rates["ours"], rates["transformers"]))}
 
 
@@ -322,14 +346,20 @@ def run(args: argparse.Namespace, path: Path) -> dict:
                     summary[f"{impl}_mfu"] = summary[f"{impl}_img_s"] * result["train_flops_per_img"] / peak
             if cpu and not compiled and args.own_process:
                 summary["own_process"] = measure_own_process(mode, path, args)
+                if args.keep_freed_memory:
+                    summary["own_process_keep_freed"] = measure_own_process(mode, path, args, "keep_freed")
             result[f"{mode}{'_compiled' if compiled else ''}"] = summary
     return result
 
 
+OWN_PROCESS_ROWS = (("own_process", "own process"),
+                    ("own_process_keep_freed", "own process, glibc keeps freed memory"))
+
+
 def table(result: dict) -> str:
     rows = ["| mode | ours img/s | transformers img/s | speed-up | per CPU-second | ours peak MiB | "
-            "transformers peak MiB | memory ratio | quiet reps |",
-            "|---|---|---|---|---|---|---|---|---|"]
+            "transformers peak MiB | memory ratio | quiet reps | page faults per step, ours / transformers |",
+            "|---|---|---|---|---|---|---|---|---|---|"]
     for mode, r in result.items():
         if not isinstance(r, dict) or "speedup" not in r:
             continue
@@ -340,11 +370,13 @@ def table(result: dict) -> str:
                       f"{r['ours_peak_mib'] / r['transformers_peak_mib']:.2f}"]
         quiet = f"{0 if r['contended'] else r['reps_used']}/{len(r['per_rep']['ours']['img_s'])}"
         rows.append(f"| {mode}, interleaved | {r['ours_img_s']:.2f} | {r['transformers_img_s']:.2f} | "
-                    f"{r['speedup']:.2f}x{mfu} | {r['cpu_speedup']:.2f}x | {' | '.join(memory)} | {quiet} |")
-        if "own_process" in r:
-            o = r["own_process"]
-            rows.append(f"| {mode}, own process | {o['ours_img_s']:.2f} | {o['transformers_img_s']:.2f} | "
-                        f"{o['speedup']:.2f}x | - | - | - | - | {o['rounds']} rounds |")
+                    f"{r['speedup']:.2f}x{mfu} | {r['cpu_speedup']:.2f}x | {' | '.join(memory)} | {quiet} | - |")
+        for key, label in OWN_PROCESS_ROWS:
+            if key in r:
+                o = r[key]
+                rows.append(f"| {mode}, {label} | {o['ours_img_s']:.2f} | {o['transformers_img_s']:.2f} | "
+                            f"{o['speedup']:.2f}x | - | - | - | - | {o['rounds']} rounds | "
+                            f"{o['ours_faults_per_step']:,.0f} / {o['transformers_faults_per_step']:,.0f} |")
     return "\n".join(rows)
 
 
@@ -395,6 +427,9 @@ def main() -> None:
                    help="CPU: also time each implementation alone in fresh processes, "
                         "alternating, this many rounds (0: skip)")
     p.add_argument("--own-steps", type=int, default=6, help="timed steps per own-process run")
+    p.add_argument("--keep-freed-memory", action="store_true",
+                   help="CPU: repeat the own-process rounds with glibc keeping freed memory "
+                        "(no page faults for either implementation: compute against compute)")
     p.add_argument("--_memory", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_own", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
