@@ -1,10 +1,12 @@
-"""`python -m cvt_lab.report` on bad input: a clear message, a non-zero exit, nothing written.
+"""`python -m cvt_lab.report`: bad input gets a clear message, a non-zero exit and nothing written;
+hand-made job dirs get the tables a reader expects (seeds summarised, the best named).
 
 (The report over real sweeps is tested in test_sweeps.py, next to the sweeps it reads.)
 """
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -206,3 +208,42 @@ def test_job_dirs_sort_numerically_beside_named_ones(tmp_path):
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text("[]\n")
     found = [str(d.relative_to(tmp_path)) for d in report.find_job_dirs(tmp_path)]
     assert found == ["0", "2", "10", "a/0", "a/1", "baseline"]
+
+
+def test_seeds_of_one_setting_are_summarised_and_the_best_is_named(tmp_path):
+    # `variant=stride1,stride2 seed=1,2,3` (docs/ablations.md) listed six rows and left the
+    # mean and spread over seeds, the number an ablation is read by, to the user
+    runs = [("0", "stride1", 1, 0.5), ("1", "stride1", 2, 0.6), ("2", "stride1", 3, 0.7),
+            ("3", "stride2", 1, 0.8), ("4", "stride2", 2, None)]  # job 4 failed
+    for job, variant, seed, acc in runs:
+        job_started_but_never_logged(tmp_path / job, "experiment=ablation/kv_stride",
+                                     f"variant={variant}", f"seed={seed}")
+        if acc is None:
+            (tmp_path / job / "failed.json").write_text(json.dumps({"error": "RuntimeError: oom"}))
+        else:
+            (tmp_path / job / "metrics.json").write_text(json.dumps(
+                {"val/acc1_best": acc, "val/loss": 2.0 - acc * (1 if job != "2" else 0)}))
+    result = report.report(tmp_path, wandb_mode="disabled")
+    md = result["markdown"]
+    assert "Best finished job: 3 (val/acc1_best 80.00)." in md
+    assert "| stride1 | 1 2 3 | 3/3 | 60.00 | 10.00 | 50.00 | 70.00 |" in md
+    assert "| stride2 | 1 2 | 1/2 | 80.00 |  | 80.00 | 80.00 |" in md  # one seed: no std
+    assert "Best setting by mean: stride2 (80.00 over 1 seed(s))." in md
+    with (tmp_path / "report_seeds.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["setting"], r["finished"], float(r["mean"])) for r in rows] == [
+        ("stride1", "3/3", pytest.approx(60.0)), ("stride2", "1/2", pytest.approx(80.0))]
+    # a loss is best when lowest: stride1's losses are 1.5, 1.4 and 2.0 (mean 1.63)
+    md = report.report(tmp_path, metric="val/loss", wandb_mode="disabled")["markdown"]
+    assert "Best finished job: 3 (val/loss 1.20)." in md
+    assert "Best setting by mean: stride2 (1.20 over 1 seed(s))." in md
+
+
+def test_a_sweep_without_repeated_settings_gets_no_seed_summary(tmp_path):
+    for job, lr in (("0", "1e-3"), ("1", "3e-4")):
+        job_started_but_never_logged(tmp_path / job, f"optimizer.lr={lr}", "seed=7")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"val/acc1_best": float(lr) * 100}))
+    result = report.report(tmp_path, wandb_mode="disabled")
+    assert result["seed_groups"] == [] and "Across seeds" not in result["markdown"]
+    assert not (tmp_path / "report_seeds.csv").exists()
+    assert "Best finished job: 0 (val/acc1_best 10.00)." in result["markdown"]

@@ -5,7 +5,9 @@ Reads every job under the directory (``<job>/.hydra/{overrides,config}.yaml`` an
 ``csv/metrics.csv`` for a job that was killed or is still running), adds the model's
 parameter count and MACs computed from the job's model config, and writes
 ``report.md``, ``report.csv`` and ``report.png`` (metric per variant, parameters and MACs
-beside it) into the directory. Ablation sweeps (``experiment=ablation/...``) also get the
+beside it) into the directory. When a setting ran with several seeds (``seed=1,2,3``), the
+report adds its mean, standard deviation and range over the seeds (``report_seeds.csv``),
+and names the best job and the best setting. Ablation sweeps (``experiment=ablation/...``) also get the
 paper's numbers per variant. With W&B online the table is logged there as well.
 """
 
@@ -18,6 +20,7 @@ import io
 import json
 import math
 import os
+import statistics
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -163,14 +166,28 @@ def collect(root: Path) -> list[Job]:
 
 # --------------------------------------------------------------------------- the table
 
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _scale(metric: str) -> int:
+    """Accuracies are shown in percent."""
+    return 100 if "/acc" in metric else 1
+
+
 def varying_overrides(jobs: list[Job]) -> dict[str, list[str]]:
     """Per job, the overrides not shared by every job (what tells the sweep points apart)."""
     common = set.intersection(*(set(j.overrides) for j in jobs))
     out = {}
     for j in jobs:
         out[j.name] = [o for o in j.overrides if o not in common
-                       and not (j.variant is not None and o.split("=")[0].lstrip("+") == "variant")]
+                       and not (j.variant is not None and _override_key(o) == "variant")]
     return out
+
+
+def setting_label(job: Job, overrides: list[str]) -> str:
+    """The job's variant (ablations) and the overrides that tell it apart, as one label."""
+    return " ".join([*([job.variant] if job.variant else []), *overrides])
 
 
 def build_table(jobs: list[Job], metric: str) -> tuple[list[str], list[list[Any]]]:
@@ -193,11 +210,68 @@ def build_table(jobs: list[Job], metric: str) -> tuple[list[str], list[list[Any]
         row.append(j.status)
         for key, _ in metric_cols:
             value = j.metrics.get(key)
-            row.append(value * 100 if value is not None and "/acc" in key else value)
+            row.append(None if value is None else value * _scale(key))
         row += [j.params, None if j.macs is None else j.macs / 1e6]
         row += [j.paper.get(k) for k in paper_keys]
         rows.append(row)
     return headers, rows
+
+
+@dataclass
+class SeedGroup:
+    """The jobs of one setting that differ only in their seed, and the metric over them."""
+
+    setting: str
+    seeds: list[str]
+    jobs: list[Job]
+    values: list[float]  # the metric of the finished jobs, scaled as shown
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+    @property
+    def std(self) -> float | None:  # sample standard deviation: None below two seeds
+        return statistics.stdev(self.values) if len(self.values) > 1 else None
+
+
+def seed_groups(jobs: list[Job], metric: str) -> list[SeedGroup]:
+    """Jobs grouped by everything but ``seed=``; empty unless some setting has several jobs."""
+    varying = varying_overrides(jobs)
+    groups: dict[str, list[Job]] = {}
+    for j in jobs:
+        rest = [o for o in varying[j.name] if _override_key(o) != "seed"]
+        groups.setdefault(setting_label(j, rest), []).append(j)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    return [SeedGroup(
+        setting=setting or "(every job)",
+        seeds=[o.split("=", 1)[1] for j in g for o in j.overrides if _override_key(o) == "seed"],
+        jobs=g,
+        values=[j.metrics[metric] * _scale(metric) for j in g
+                if j.status == "ok" and metric in j.metrics])
+        for setting, g in groups.items()]
+
+
+def seed_table(groups: list[SeedGroup]) -> tuple[list[str], list[list[Any]]]:
+    paper_keys = sorted({k for g in groups for j in g.jobs for k in j.paper})
+    headers = ["setting", "seeds", "finished", "mean", "std", "min", "max"]
+    headers += [PAPER_HEADERS.get(k, f"paper {k}") for k in paper_keys]
+    rows = [[g.setting, " ".join(g.seeds), f"{len(g.values)}/{len(g.jobs)}", g.mean, g.std,
+             min(g.values, default=None), max(g.values, default=None),
+             *[g.jobs[0].paper.get(k) for k in paper_keys]] for g in groups]
+    return headers, rows
+
+
+def best(items: list[Any], value: Any, metric: str) -> Any | None:
+    """The item whose value is best for ``metric`` (lowest loss, else highest), or None."""
+    from .validate import metric_direction
+
+    scored = [i for i in items if value(i) is not None and not math.isnan(value(i))]
+    if not scored:
+        return None
+    pick = min if metric_direction(metric) == "minimize" else max
+    return pick(scored, key=value)
 
 
 def _fmt(value: Any) -> str:
@@ -210,16 +284,32 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _md_table(headers: list[str], rows: list[list[Any]]) -> list[str]:
+    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
+            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows)]
+
+
 def to_markdown(headers: list[str], rows: list[list[Any]], jobs: list[Job], root: Path,
-                metric: str, title: str | None) -> str:
+                metric: str, title: str | None, groups: list[SeedGroup]) -> str:
     common = sorted(set.intersection(*(set(j.overrides) for j in jobs)))
     lines = [f"# {title or 'Sweep report'}", "",
              f"Sweep: `{root}` ({len(jobs)} jobs, {sum(j.status == 'ok' for j in jobs)} finished)",
              f"Metric: `{metric}`; accuracies in percent; MACs per image (multiply-adds)."]
     if common:
         lines.append(f"Common overrides: `{' '.join(common)}`")
-    lines += ["", "| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    lines += ["", *_md_table(headers, rows)]
+    top = best([j for j in jobs if j.status == "ok"], lambda j: j.metrics.get(metric), metric)
+    if top is not None:
+        lines += ["", f"Best finished job: {top.name} ({metric} "
+                      f"{_fmt(top.metrics[metric] * _scale(metric))})."]
+    if groups:
+        lines += ["", "## Across seeds", "",
+                  f"`{metric}` over each setting's finished seeds: mean, sample standard "
+                  "deviation (two seeds or more), range.", "", *_md_table(*seed_table(groups))]
+        top_group = best(groups, lambda g: g.mean, metric)
+        if top_group is not None:
+            lines += ["", f"Best setting by mean: {top_group.setting} ({_fmt(top_group.mean)} over "
+                          f"{len(top_group.values)} seed(s))."]
     failed = [j for j in jobs if j.status != "ok"]
     if failed:
         lines += ["", "Not finished:"]
@@ -242,9 +332,8 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
 
     varying = varying_overrides(jobs)
     # the variant and what else tells the job apart (e.g. seed=2 for a repeated variant)
-    labels = [" ".join([*([j.variant] if j.variant else []), *varying[j.name]]) or j.name
-              for j in jobs]
-    scale = 100 if "/acc" in metric else 1
+    labels = [setting_label(j, varying[j.name]) or j.name for j in jobs]
+    scale = _scale(metric)
     panels = [(metric + (" (%)" if scale == 100 else ""),
                [j.metrics.get(metric, math.nan) * scale for j in jobs]),
               ("parameters (M)", [math.nan if j.params is None else j.params / 1e6 for j in jobs])]
@@ -332,13 +421,16 @@ def report(root: Path, out_dir: Path | None = None, metric: str | None = None,
     tables = {j.table for j in jobs}  # a folder of several ablations has no one title
     title = tables.pop() if len(tables) == 1 else None
     headers, rows = build_table(jobs, metric)
-    markdown = to_markdown(headers, rows, jobs, root, metric, title)
+    groups = seed_groups(jobs, metric)
+    markdown = to_markdown(headers, rows, jobs, root, metric, title, groups)
     contents = {"report.md": markdown, "report.csv": to_csv(headers, rows),
                 "report.png": to_png(jobs, metric, title)}
+    if groups:
+        contents["report_seeds.csv"] = to_csv(*seed_table(groups))
     paths = write_outputs(out_dir or root, contents)
     wandb_dir = log_wandb(headers, rows, root, first_cfg, wandb_mode)
     return {"paths": paths, "headers": headers, "rows": rows, "markdown": markdown,
-            "jobs": jobs, "wandb_dir": wandb_dir}
+            "jobs": jobs, "seed_groups": groups, "wandb_dir": wandb_dir}
 
 
 def main(argv: list[str] | None = None) -> int:
