@@ -103,6 +103,21 @@ def test_nan_right_after_a_resume_names_the_checkpoint_it_resumed_from(tmp_path,
     assert f"the checkpoint this run resumed from, {resumed_from}, is unchanged" in str(err.value)
 
 
+def test_a_nan_with_float16_weights_names_that_as_the_likely_cause(tmp_path, monkeypatch):
+    # trainer.precision=16-true + AdamW (cvt_tiny, embedded digits) went NaN at step 65 with
+    # the generic advice, whose precision fix spoke only of 16-mixed
+    train_step = CvTModule.training_step
+    monkeypatch.setattr(CvTModule, "training_step",
+                        lambda self, batch, i: train_step(self, batch, i) * float("nan"))
+    with pytest.raises(NonFiniteError) as err:
+        run_in_process([*NAN_RUN, "trainer.precision=16-true", "trainer.limit_train_batches=2"],
+                       tmp_path)
+    message = str(err.value)
+    assert "no checkpoint had been written yet. trainer.precision=16-true holds the weights" in message
+    assert "Use trainer.precision=bf16-mixed (or 16-mixed on a GPU)" in message
+    assert message.endswith("check the data for broken values.")
+
+
 def test_a_diverging_lr_never_leaves_non_finite_weights_on_disk(tmp_path):
     with pytest.raises(NonFiniteError, match=r"at step \d+"):
         run_in_process([*NAN_RUN, "optimizer.lr=1e30"], tmp_path)

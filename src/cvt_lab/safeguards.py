@@ -26,6 +26,17 @@ from .resume import WANDB_ID_KEY
 FIXES = ("Usual fixes: lower optimizer.lr or lengthen the warmup (scheduler.warmup_epochs), "
          "clip gradients (trainer.gradient_clip_val=1.0), train in full precision "
          "(trainer.precision=32-true) if you use 16-mixed, and check the data for broken values.")
+# float16 weights: the likely cause comes first (seen here: cvt_tiny + AdamW diverged at step 65)
+FP16_WEIGHTS_CAUSE = (
+    "trainer.precision=16-true holds the weights and the optimizer's state in float16, where "
+    "values below 6e-8 flush to zero: AdamW's second moment (squared gradients) is lost and "
+    "its steps grow until the loss overflows. Use trainer.precision=bf16-mixed (or 16-mixed "
+    "on a GPU), which keeps them in float32. ")
+
+
+def fixes(trainer: L.Trainer) -> str:
+    """What to try after a non-finite loss or weights, for this run's precision."""
+    return (FP16_WEIGHTS_CAUSE if str(trainer.precision) == "16-true" else "") + FIXES
 
 
 class NonFiniteError(RuntimeError):
@@ -186,7 +197,7 @@ class RunGuard(L.Callback):
             raise NonFiniteError(
                 f"the training loss is {loss.item()} at step {trainer.global_step} (epoch "
                 f"{trainer.current_epoch}, batch {batch}): training stopped before this update; "
-                f"{self._kept(trainer)}. {FIXES}")
+                f"{self._kept(trainer)}. {fixes(trainer)}")
         if sigterm and not trainer.fit_loop.epoch_loop._should_accumulate():
             # set on every rank at this same step; Lightning raises SIGTERMException on each
             # once the step is done (after validation, if one is due, which checks it too).
@@ -224,7 +235,7 @@ class RunGuard(L.Callback):
         raise NonFiniteError(
             f"the validation loss is {float(loss)} after step {trainer.global_step} (epoch "
             f"{trainer.current_epoch}): the weights give non-finite outputs; no checkpoint of "
-            f"them is written; {self._kept(trainer)}. {FIXES}")
+            f"them is written; {self._kept(trainer)}. {fixes(trainer)}")
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
                            checkpoint: dict[str, Any]) -> None:
@@ -232,7 +243,7 @@ class RunGuard(L.Callback):
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise NonFiniteError(
                     f"weight '{name}' is NaN/inf at step {trainer.global_step}: refusing to write "
-                    f"a checkpoint; {self._kept(trainer)}. {FIXES}")
+                    f"a checkpoint; {self._kept(trainer)}. {fixes(trainer)}")
         run_id = next((lg.version for lg in trainer.loggers if isinstance(lg, WandbLogger)), None)
         if run_id:
             checkpoint[WANDB_ID_KEY] = run_id
