@@ -43,3 +43,13 @@ def test_missing_pretrained_weights_are_one_line_naming_the_key(tmp_path):
         f"ConfigError: model.pretrained={tmp_path}/nope.pth: no checkpoint at '{tmp_path}/nope.pth' "
         "(not a file, directory or Hub id)"), out[-2000:]
     assert "Traceback" not in out
+
+
+def test_cfg_all_resolve_prints_the_run_dir_the_readme_promises(tmp_path):
+    # README: `--cfg all --resolve` shows the resolved run dir (`--cfg hydra --resolve` cannot:
+    # Hydra prints its node without the paths it refers to)
+    done = run_cli("--cfg", "all", "--resolve", f"paths.log_dir={tmp_path}", "task_name=probe",
+                   timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"dir: {tmp_path}/probe/runs/" in done.stdout
+    assert not list(tmp_path.iterdir())  # printed, nothing run
