@@ -228,7 +228,7 @@ def test_seeds_of_one_setting_are_summarised_and_the_best_is_named(tmp_path):
     assert "Best finished job: 3 (val/acc1_best 80.00)." in md
     assert "| stride1 | 1 2 3 | 3/3 | 60.00 | 10.00 | 50.00 | 70.00 |" in md
     assert "| stride2 | 1 2 | 1/2 | 80.00 |  | 80.00 | 80.00 |" in md  # one seed: no std
-    assert "Best setting by mean: stride2 (80.00 over 1 seed(s))." in md
+    assert "Best setting by mean: stride2 (80.00 over 1 finished job(s))." in md
     with (tmp_path / "report_seeds.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [(r["setting"], r["finished"], float(r["mean"])) for r in rows] == [
@@ -236,7 +236,7 @@ def test_seeds_of_one_setting_are_summarised_and_the_best_is_named(tmp_path):
     # a loss is best when lowest: stride1's losses are 1.5, 1.4 and 2.0 (mean 1.63)
     md = report.report(tmp_path, metric="val/loss", wandb_mode="disabled")["markdown"]
     assert "Best finished job: 3 (val/loss 1.20)." in md
-    assert "Best setting by mean: stride2 (1.20 over 1 seed(s))." in md
+    assert "Best setting by mean: stride2 (1.20 over 1 finished job(s))." in md
 
 
 def test_a_sweep_without_repeated_settings_gets_no_seed_summary(tmp_path):
@@ -247,3 +247,19 @@ def test_a_sweep_without_repeated_settings_gets_no_seed_summary(tmp_path):
     assert result["seed_groups"] == [] and "Across seeds" not in result["markdown"]
     assert not (tmp_path / "report_seeds.csv").exists()
     assert "Best finished job: 0 (val/acc1_best 10.00)." in result["markdown"]
+
+
+def test_seeds_a_job_took_from_its_config_are_listed_and_runs_are_not_called_seeds(tmp_path):
+    # `-m experiment=ablation/kv_stride` (seed 42 from config.yaml, no seed= override) and the
+    # same with seed=1, reported as one folder: each variant's row listed seed 1 alone beside
+    # its two jobs; and three plain runs (seed 42 each) were 'over 3 seed(s)'
+    for sweep, seed in (("a", []), ("b", ["seed=1"])):
+        for job, (variant, acc) in enumerate((("stride1", 0.5), ("stride2", 0.7))):
+            job_dir = tmp_path / sweep / str(job)
+            job_started_but_never_logged(job_dir, "experiment=ablation/kv_stride",
+                                         f"variant={variant}", *seed)
+            (job_dir / "metrics.json").write_text(json.dumps({"val/acc1_best": acc}))
+    md = report.report(tmp_path, wandb_mode="disabled")["markdown"]
+    assert "| stride1 | 42 1 | 2/2 | 50.00 | 0 | 50.00 | 50.00 | 6.55 | 82.30 |" in md
+    assert "| stride2 | 42 1 | 2/2 | 70.00 | 0 | 70.00 | 70.00 | 4.53 | 81.60 |" in md
+    assert "Best setting by mean: stride2 (70.00 over 2 finished job(s))." in md

@@ -51,6 +51,7 @@ class Job:
     status: str  # ok | failed | incomplete
     metrics: dict[str, float]
     variant: str | None = None
+    seed: int | None = None  # from the job's config: an override, an experiment file or the default
     params: int | None = None
     macs: int | None = None
     error: str | None = None
@@ -141,8 +142,8 @@ def read_job(job_dir: Path, root: Path) -> Job:
             paper[key.removeprefix("paper_")] = float(table[variant])
     return Job(name=str(job_dir.relative_to(root)) if job_dir != root else job_dir.name,
                overrides=overrides, status=status, metrics=metrics,
-               variant=None if variant is None else str(variant), params=params, macs=macs,
-               error=error, paper=paper, table=ablation.get("table"))
+               variant=None if variant is None else str(variant), seed=cfg.get("seed"),
+               params=params, macs=macs, error=error, paper=paper, table=ablation.get("table"))
 
 
 def collect(root: Path) -> list[Job]:
@@ -246,7 +247,7 @@ def seed_groups(jobs: list[Job], metric: str) -> list[SeedGroup]:
         return []
     return [SeedGroup(
         setting=setting or "(every job)",
-        seeds=[o.split("=", 1)[1] for j in g for o in j.overrides if _override_key(o) == "seed"],
+        seeds=[str(j.seed) for j in g],
         jobs=g,
         values=[j.metrics[metric] * _scale(metric) for j in g
                 if j.status == "ok" and metric in j.metrics])
@@ -309,7 +310,7 @@ def to_markdown(headers: list[str], rows: list[list[Any]], jobs: list[Job], root
         top_group = best(groups, lambda g: g.mean, metric)
         if top_group is not None:
             lines += ["", f"Best setting by mean: {top_group.setting} ({_fmt(top_group.mean)} over "
-                          f"{len(top_group.values)} seed(s))."]
+                          f"{len(top_group.values)} finished job(s))."]
     failed = [j for j in jobs if j.status != "ok"]
     if failed:
         lines += ["", "Not finished:"]
