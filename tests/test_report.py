@@ -263,3 +263,17 @@ def test_seeds_a_job_took_from_its_config_are_listed_and_runs_are_not_called_see
     assert "| stride1 | 42 1 | 2/2 | 50.00 | 0 | 50.00 | 50.00 | 6.55 | 82.30 |" in md
     assert "| stride2 | 42 1 | 2/2 | 70.00 | 0 | 70.00 | 70.00 | 4.53 | 81.60 |" in md
     assert "Best setting by mean: stride2 (70.00 over 2 finished job(s))." in md
+
+
+def test_the_setting_without_varying_overrides_is_not_called_every_job():
+    # a folder holding three plain `python run.py` runs and one with optimizer.lr=1e-3: the
+    # plain runs' row was labelled '(every job)' beside the lr row
+    def job(name, *overrides):
+        return report.Job(name=name, overrides=list(overrides), status="ok",
+                          metrics={"val/acc1_best": 0.5}, seed=42)
+
+    plain = [job("a"), job("b"), job("c", "optimizer.lr=0.001")]
+    assert [g.setting for g in report.seed_groups(plain, "val/acc1_best")] == [
+        "(no varying override)", "optimizer.lr=0.001"]
+    seeds = [job("0", "seed=1"), job("1", "seed=2")]  # one setting: it is every job
+    assert [g.setting for g in report.seed_groups(seeds, "val/acc1_best")] == ["(every job)"]

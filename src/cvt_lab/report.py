@@ -245,8 +245,9 @@ def seed_groups(jobs: list[Job], metric: str) -> list[SeedGroup]:
         groups.setdefault(setting_label(j, rest), []).append(j)
     if all(len(g) == 1 for g in groups.values()):
         return []
+    unnamed = "(every job)" if len(groups) == 1 else "(no varying override)"
     return [SeedGroup(
-        setting=setting or "(every job)",
+        setting=setting or unnamed,
         seeds=[str(j.seed) for j in g],
         jobs=g,
         values=[j.metrics[metric] * _scale(metric) for j in g
