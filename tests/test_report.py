@@ -277,3 +277,16 @@ def test_the_setting_without_varying_overrides_is_not_called_every_job():
         "(no varying override)", "optimizer.lr=0.001"]
     seeds = [job("0", "seed=1"), job("1", "seed=2")]  # one setting: it is every job
     assert [g.setting for g in report.seed_groups(seeds, "val/acc1_best")] == ["(every job)"]
+
+
+def test_a_report_without_repeated_settings_removes_an_earlier_seed_table(tmp_path):
+    # `--out results/` for a sweep with seeds, then for one without: results/ kept the first
+    # sweep's report_seeds.csv beside the second sweep's report
+    for job, seed in (("seeds/0", 1), ("seeds/1", 2), ("single/0", 1)):
+        job_started_but_never_logged(tmp_path / job, f"seed={seed}")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"val/acc1_best": 0.5}))
+    out = tmp_path / "results"
+    report.report(tmp_path / "seeds", out_dir=out, wandb_mode="disabled")
+    assert (out / "report_seeds.csv").is_file()
+    report.report(tmp_path / "single", out_dir=out, wandb_mode="disabled")
+    assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md", "report.png"]

@@ -429,7 +429,10 @@ def report(root: Path, out_dir: Path | None = None, metric: str | None = None,
                 "report.png": to_png(jobs, metric, title)}
     if groups:
         contents["report_seeds.csv"] = to_csv(*seed_table(groups))
-    paths = write_outputs(out_dir or root, contents)
+    out_dir = out_dir or root
+    paths = write_outputs(out_dir, contents)
+    if not groups:  # an earlier report's (e.g. another sweep's, in the same --out)
+        (out_dir / "report_seeds.csv").unlink(missing_ok=True)
     wandb_dir = log_wandb(headers, rows, root, first_cfg, wandb_mode)
     return {"paths": paths, "headers": headers, "rows": rows, "markdown": markdown,
             "jobs": jobs, "seed_groups": groups, "wandb_dir": wandb_dir}
