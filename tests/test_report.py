@@ -290,3 +290,19 @@ def test_a_report_without_repeated_settings_removes_an_earlier_seed_table(tmp_pa
     assert (out / "report_seeds.csv").is_file()
     report.report(tmp_path / "single", out_dir=out, wandb_mode="disabled")
     assert sorted(p.name for p in out.iterdir()) == ["report.csv", "report.md", "report.png"]
+
+
+def test_a_setting_typed_in_another_order_by_another_sweep_is_one_setting():
+    # a folder of `-m optimizer.lr=1e-3 model.drop_path=0.1 seed=1` and
+    # `-m model.drop_path=0.1 optimizer.lr=1e-3 seed=2` (and another lr) listed the one
+    # setting twice, each with one seed, and never summarised the two
+    jobs = [report.Job(name=name, overrides=overrides, status="ok",
+                       metrics={"val/acc1_best": acc}, seed=seed)
+            for name, overrides, seed, acc in (
+                ("a/0", ["optimizer.lr=0.001", "model.drop_path=0.1", "seed=1"], 1, 0.5),
+                ("b/0", ["model.drop_path=0.1", "optimizer.lr=0.001", "seed=2"], 2, 0.7),
+                ("c/0", ["optimizer.lr=0.003", "seed=1"], 1, 0.4))]
+    groups = report.seed_groups(jobs, "val/acc1_best")
+    assert [(g.setting, g.seeds, g.mean) for g in groups] == [
+        ("optimizer.lr=0.001 model.drop_path=0.1", ["1", "2"], pytest.approx(60.0)),
+        ("optimizer.lr=0.003", ["1"], pytest.approx(40.0))]

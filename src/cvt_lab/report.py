@@ -237,13 +237,15 @@ class SeedGroup:
 
 
 def seed_groups(jobs: list[Job], metric: str) -> list[SeedGroup]:
-    """Jobs grouped by everything but ``seed=``; empty unless some setting has several jobs."""
+    """Jobs grouped by everything but ``seed=``; empty unless some setting has several jobs.
+    Overrides in any order are one setting (sweeps of a folder typed them differently); it is
+    labelled as its first job typed it."""
     varying = varying_overrides(jobs)
-    groups: dict[str, list[Job]] = {}
+    groups: dict[tuple, tuple[str, list[Job]]] = {}
     for j in jobs:
         rest = [o for o in varying[j.name] if _override_key(o) != "seed"]
-        groups.setdefault(setting_label(j, rest), []).append(j)
-    if all(len(g) == 1 for g in groups.values()):
+        groups.setdefault((j.variant, *sorted(rest)), (setting_label(j, rest), []))[1].append(j)
+    if all(len(g) == 1 for _, g in groups.values()):
         return []
     unnamed = "(every job)" if len(groups) == 1 else "(no varying override)"
     return [SeedGroup(
@@ -252,7 +254,7 @@ def seed_groups(jobs: list[Job], metric: str) -> list[SeedGroup]:
         jobs=g,
         values=[j.metrics[metric] * _scale(metric) for j in g
                 if j.status == "ok" and metric in j.metrics])
-        for setting, g in groups.items()]
+        for setting, g in groups.values()]
 
 
 def seed_table(groups: list[SeedGroup]) -> tuple[list[str], list[list[Any]]]:
