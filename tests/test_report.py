@@ -306,3 +306,21 @@ def test_a_setting_typed_in_another_order_by_another_sweep_is_one_setting():
     assert [(g.setting, g.seeds, g.mean) for g in groups] == [
         ("optimizer.lr=0.001 model.drop_path=0.1", ["1", "2"], pytest.approx(60.0)),
         ("optimizer.lr=0.003", ["1"], pytest.approx(40.0))]
+
+
+def test_the_plot_puts_the_papers_top1_only_beside_a_top1_metric(monkeypatch):
+    # `--metric val/loss` on an ablation drew 'paper 81.6' beside each loss bar, as if the
+    # paper had measured that value
+    from matplotlib.axes import Axes
+
+    notes = []
+    text = Axes.text
+    monkeypatch.setattr(Axes, "text", lambda ax, x, y, s, *a, **kw: (
+        notes.append(s.strip()), text(ax, x, y, s, *a, **kw))[1])
+    jobs = [report.Job(name="0", overrides=["variant=stride2"], status="ok", variant="stride2",
+                       metrics={"val/acc1_best": 0.5, "val/loss": 1.25}, paper={"top1": 81.6})]
+    report.to_png(jobs, "val/loss", None)
+    assert notes[0] == "1.25"
+    notes.clear()
+    report.to_png(jobs, "val/acc1_best", None)
+    assert notes[0] == "50.00  (paper 81.6)"

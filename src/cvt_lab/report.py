@@ -354,7 +354,7 @@ def to_png(jobs: list[Job], metric: str, title: str | None) -> bytes:
             note = job.status if math.isnan(v) else f"{v:.2f}"
             if ax is axes[0] and job.status != "ok" and not math.isnan(v):
                 note += f" ({job.status})"  # a partial value, from its CSV log
-            if ax is axes[0] and "top1" in job.paper:
+            if ax is axes[0] and "top1" in job.paper and "acc1" in metric:  # a top-1 metric
                 note += f"  (paper {job.paper['top1']:.1f})"
             ax.text(0, i, " " + note, va="center", ha="left", fontsize="small",
                     color="white" if v > 0 and ax is axes[0] else "black")
