@@ -93,9 +93,17 @@ def test_the_minimum_size_is_exactly_where_the_network_stops_running(overrides, 
 
 
 def test_a_geometry_that_cannot_run_at_its_own_size_is_refused():
-    with pytest.raises(ValueError, match="no tokens at img_size=32 .* smallest input it runs at "
-                                         "is 67 px"):
+    with pytest.raises(ValueError, match="img_size=32 is below the smallest input this geometry "
+                                         "runs at, 67 px"):
         create_model("cvt13", kernel_qkv=5, padding_q=2, padding_kv=0, img_size=32)
+    # below the total stride every convolution may still have an output, but the model refuses
+    # such inputs: cvt13 at img_size=8 built, then refused 8 px images, its own size
+    with pytest.raises(ValueError, match=re.escape(
+            "img_size=8 is below the smallest input this geometry runs at, 16 px (total stride "
+            "16): raise img_size to >= 16, or check the stride/kernel/padding options")):
+        create_model("cvt13", img_size=8)
+    model = create_model("cvt13", num_classes=3, img_size=16).eval()
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3)
     # 'avg' never convolves q, so its q geometry does not decide (this one was refused at 32 px)
     model = create_model("cvt13", num_classes=3, projection="avg", kernel_qkv=5, padding_kv=2,
                          img_size=32)

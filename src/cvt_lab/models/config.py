@@ -182,11 +182,13 @@ class CvTConfig:
                     "query grid, but a block's output must keep its input's tokens (residual); "
                     "use stride_q=1 and padding_q=(kernel_qkv-1)/2 (an odd kernel_qkv), or "
                     "stride_kv to downsample keys and values")
-        if not self.runs_at(self.img_size):
+        # the model refuses inputs below min_input_size (check_input_size), its own size included
+        minimum = self.min_input_size
+        if self.img_size < minimum:
             raise ValueError(
-                f"this geometry gives no tokens at img_size={self.img_size} (a convolution or "
-                f"projection has no output); the smallest input it runs at is "
-                f"{self.min_input_size} px: raise img_size, or check the kernel/padding options")
+                f"img_size={self.img_size} is below the smallest input this geometry runs at, "
+                f"{minimum} px (total stride {self.total_stride}): raise img_size to >= "
+                f"{minimum}, or check the stride/kernel/padding options")
         if self.num_classes < 0:
             raise ValueError("num_classes must be >= 0 (0 means no classifier head)")
 
