@@ -389,6 +389,9 @@ def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
     ({"embed_dims": (32.0, 64, 128)}, "CvT option 'embed_dims' got 32.0 (float) in stage 0; it takes an integer"),
     ({"embed_dims": (0, 64, 128)}, "CvT option 'embed_dims' got 0 in stage 0; it must be > 0"),
     ({"mlp_ratio": -1}, "CvT option 'mlp_ratio' got -1 in stage 0; it must be > 0"),
+    # the MLP's width is int(dim * ratio): 0.01 of 32 built a 0-wide MLP (its output a bias)
+    ({"mlp_ratio": (4, 4, 0.005)}, "CvT option 'mlp_ratio' got 0.005 in stage 2: the MLP would "
+                                   "have int(128 * 0.005) = 0 hidden units; it must be >= 1/128"),
     ({"activation": 1}, "CvT option 'activation' got 1 (int); it takes a string"),
 ])
 def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):

@@ -148,6 +148,10 @@ class CvTConfig:
             for i, v in enumerate(getattr(self, name)):
                 if v <= 0:
                     raise ValueError(f"CvT option '{name}' got {v} in stage {i}; it must be > 0")
+        for i, (dim, ratio) in enumerate(zip(self.embed_dims, self.mlp_ratio)):
+            if int(dim * ratio) < 1:  # the MLP's hidden width, as Block sizes it
+                raise ValueError(f"CvT option 'mlp_ratio' got {ratio} in stage {i}: the MLP would "
+                                 f"have int({dim} * {ratio}) = 0 hidden units; it must be >= 1/{dim}")
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if heads < 1:
                 raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
