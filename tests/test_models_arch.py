@@ -392,6 +392,12 @@ def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
     # the MLP's width is int(dim * ratio): 0.01 of 32 built a 0-wide MLP (its output a bias)
     ({"mlp_ratio": (4, 4, 0.005)}, "CvT option 'mlp_ratio' got 0.005 in stage 2: the MLP would "
                                    "have int(128 * 0.005) = 0 hidden units; it must be >= 1/128"),
+    # depth -1 failed in torch.linspace; depth 0 in the cls stage built a model whose logits
+    # are the same for every image (the cls token reached the head through no block)
+    ({"depths": (1, -1, 2)}, "CvT option 'depths' got -1 in stage 1; every stage needs at least "
+                             "1 block"),
+    ({"depths": (1, 1, 0)}, "CvT option 'depths' got 0 in stage 2; every stage needs at least "
+                            "1 block"),
     ({"activation": 1}, "CvT option 'activation' got 1 (int); it takes a string"),
 ])
 def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):

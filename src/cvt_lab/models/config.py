@@ -152,6 +152,10 @@ class CvTConfig:
             if int(dim * ratio) < 1:  # the MLP's hidden width, as Block sizes it
                 raise ValueError(f"CvT option 'mlp_ratio' got {ratio} in stage {i}: the MLP would "
                                  f"have int({dim} * {ratio}) = 0 hidden units; it must be >= 1/{dim}")
+        for i, depth in enumerate(self.depths):  # without blocks a cls token is a constant
+            if depth < 1:
+                raise ValueError(f"CvT option 'depths' got {depth} in stage {i}; every stage needs "
+                                 "at least 1 block")
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if heads < 1:
                 raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
