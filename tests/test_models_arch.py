@@ -398,6 +398,10 @@ def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
                              "1 block"),
     ({"depths": (1, 1, 0)}, "CvT option 'depths' got 0 in stage 2; every stage needs at least "
                             "1 block"),
+    # -1 failed with "Trying to create tensor with negative dimension"; 0 built a model that
+    # took only 0-channel images
+    ({"in_chans": 0}, "CvT option 'in_chans' got 0; an image has at least 1 channel"),
+    ({"in_chans": -1}, "CvT option 'in_chans' got -1; an image has at least 1 channel"),
     ({"activation": 1}, "CvT option 'activation' got 1 (int); it takes a string"),
 ])
 def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):

@@ -144,6 +144,9 @@ class CvTConfig:
                     f"model has {n} stages (depths={self.depths}); give one value per stage"
                 )
             _check_type(f, getattr(self, f.name))
+        if self.in_chans < 1:
+            raise ValueError(f"CvT option 'in_chans' got {self.in_chans}; an image has at least "
+                             "1 channel")
         for name in ("embed_dims", "mlp_ratio"):
             for i, v in enumerate(getattr(self, name)):
                 if v <= 0:
