@@ -93,9 +93,17 @@ def test_the_minimum_size_is_exactly_where_the_network_stops_running(overrides, 
 
 
 def test_a_geometry_that_cannot_run_at_its_own_size_is_refused():
-    with pytest.raises(ValueError, match="no tokens at img_size=32 .* smallest input it runs at "
-                                         "is 67 px"):
+    with pytest.raises(ValueError, match="img_size=32 is below the smallest input this geometry "
+                                         "runs at, 67 px"):
         create_model("cvt13", kernel_qkv=5, padding_q=2, padding_kv=0, img_size=32)
+    # below the total stride every convolution may still have an output, but the model refuses
+    # such inputs: cvt13 at img_size=8 built, then refused 8 px images, its own size
+    with pytest.raises(ValueError, match=re.escape(
+            "img_size=8 is below the smallest input this geometry runs at, 16 px (total stride "
+            "16): raise img_size to >= 16, or check the stride/kernel/padding options")):
+        create_model("cvt13", img_size=8)
+    model = create_model("cvt13", num_classes=3, img_size=16).eval()
+    assert model(torch.randn(1, 3, 16, 16)).shape == (1, 3)
     # 'avg' never convolves q, so its q geometry does not decide (this one was refused at 32 px)
     model = create_model("cvt13", num_classes=3, projection="avg", kernel_qkv=5, padding_kv=2,
                          img_size=32)
@@ -381,6 +389,19 @@ def test_a_pooling_padding_over_half_its_window_is_refused_when_built():
     ({"embed_dims": (32.0, 64, 128)}, "CvT option 'embed_dims' got 32.0 (float) in stage 0; it takes an integer"),
     ({"embed_dims": (0, 64, 128)}, "CvT option 'embed_dims' got 0 in stage 0; it must be > 0"),
     ({"mlp_ratio": -1}, "CvT option 'mlp_ratio' got -1 in stage 0; it must be > 0"),
+    # the MLP's width is int(dim * ratio): 0.01 of 32 built a 0-wide MLP (its output a bias)
+    ({"mlp_ratio": (4, 4, 0.005)}, "CvT option 'mlp_ratio' got 0.005 in stage 2: the MLP would "
+                                   "have int(128 * 0.005) = 0 hidden units; it must be >= 1/128"),
+    # depth -1 failed in torch.linspace; depth 0 in the cls stage built a model whose logits
+    # are the same for every image (the cls token reached the head through no block)
+    ({"depths": (1, -1, 2)}, "CvT option 'depths' got -1 in stage 1; every stage needs at least "
+                             "1 block"),
+    ({"depths": (1, 1, 0)}, "CvT option 'depths' got 0 in stage 2; every stage needs at least "
+                            "1 block"),
+    # -1 failed with "Trying to create tensor with negative dimension"; 0 built a model that
+    # took only 0-channel images
+    ({"in_chans": 0}, "CvT option 'in_chans' got 0; an image has at least 1 channel"),
+    ({"in_chans": -1}, "CvT option 'in_chans' got -1; an image has at least 1 channel"),
     ({"activation": 1}, "CvT option 'activation' got 1 (int); it takes a string"),
 ])
 def test_knobs_of_the_wrong_type_or_sign_are_refused_by_name(knobs, message):

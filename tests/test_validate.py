@@ -113,6 +113,10 @@ def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
     validate(cfg_for(tmp_path, "model=cvt13", "data.image_size=16"))  # the boundary is allowed
     with pytest.raises(ConfigError, match="minimum 8 px of model cvt_tiny"):
         validate(cfg_for(tmp_path, "data.image_size=7"))
+    # a model img_size set apart from the data's is the model's own size: it must run there too
+    with pytest.raises(ConfigError, match=re.escape(
+            "model: img_size=8 is below the smallest input this geometry runs at, 16 px")):
+        validate(cfg_for(tmp_path, "model=cvt13", "model.img_size=8"))
 
 
 def test_bad_model_knob_is_refused_as_a_config_error(tmp_path):

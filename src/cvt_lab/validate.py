@@ -246,17 +246,25 @@ def _check_model(cfg: DictConfig) -> None:
     from .models.config import architecture_overrides
 
     knobs = architecture_overrides(OmegaConf.to_container(cfg.model, resolve=True))
-    try:
-        # the class count (null for folders until the data is read) does not shape the body
-        model = preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1, **knobs)
-    except (KeyError, TypeError, ValueError) as err:
-        raise ConfigError(f"model: {err.args[0] if err.args else err}") from err
+
+    def build(**changes: Any):
+        try:
+            # the class count (null for folders until the data is read) does not shape the body
+            return preset_config(cfg.model.name, num_classes=cfg.data.num_classes or 1,
+                                 **{**knobs, **changes})
+        except (KeyError, TypeError, ValueError) as err:
+            raise ConfigError(f"model: {err.args[0] if err.args else err}") from err
+
+    # model.img_size follows data.image_size: the body is first built at a size past any
+    # geometry's minimum, so that a too small image size is named by its data key below
+    model = build(img_size=1 << 30)
     size, minimum = cfg.data.image_size, model.min_input_size
     if size < minimum:
         raise ConfigError(
             f"data.image_size={size} is below the minimum {minimum} px of model {cfg.model.name} "
             f"(total stride {model.total_stride}, patch strides {list(model.patch_stride)}). "
             f"Use data.image_size>={minimum} or a smaller-stride model (cvt_tiny)")
+    build()  # model.img_size, where it is set apart from data.image_size
     native = preset_config(cfg.model.name).img_size  # the model's img_size follows the data's
     warp = bool(cfg.data.get("eval_warp"))  # (crop_pct=1.0 would still crop a non-square image)
     if native > 224 and (size != native or not warp):

@@ -144,10 +144,21 @@ class CvTConfig:
                     f"model has {n} stages (depths={self.depths}); give one value per stage"
                 )
             _check_type(f, getattr(self, f.name))
+        if self.in_chans < 1:
+            raise ValueError(f"CvT option 'in_chans' got {self.in_chans}; an image has at least "
+                             "1 channel")
         for name in ("embed_dims", "mlp_ratio"):
             for i, v in enumerate(getattr(self, name)):
                 if v <= 0:
                     raise ValueError(f"CvT option '{name}' got {v} in stage {i}; it must be > 0")
+        for i, (dim, ratio) in enumerate(zip(self.embed_dims, self.mlp_ratio)):
+            if int(dim * ratio) < 1:  # the MLP's hidden width, as Block sizes it
+                raise ValueError(f"CvT option 'mlp_ratio' got {ratio} in stage {i}: the MLP would "
+                                 f"have int({dim} * {ratio}) = 0 hidden units; it must be >= 1/{dim}")
+        for i, depth in enumerate(self.depths):  # without blocks a cls token is a constant
+            if depth < 1:
+                raise ValueError(f"CvT option 'depths' got {depth} in stage {i}; every stage needs "
+                                 "at least 1 block")
         for dim, heads in zip(self.embed_dims, self.num_heads):
             if heads < 1:
                 raise ValueError(f"CvT option 'num_heads' got {heads}; every stage needs at least 1")
@@ -182,11 +193,13 @@ class CvTConfig:
                     "query grid, but a block's output must keep its input's tokens (residual); "
                     "use stride_q=1 and padding_q=(kernel_qkv-1)/2 (an odd kernel_qkv), or "
                     "stride_kv to downsample keys and values")
-        if not self.runs_at(self.img_size):
+        # the model refuses inputs below min_input_size (check_input_size), its own size included
+        minimum = self.min_input_size
+        if self.img_size < minimum:
             raise ValueError(
-                f"this geometry gives no tokens at img_size={self.img_size} (a convolution or "
-                f"projection has no output); the smallest input it runs at is "
-                f"{self.min_input_size} px: raise img_size, or check the kernel/padding options")
+                f"img_size={self.img_size} is below the smallest input this geometry runs at, "
+                f"{minimum} px (total stride {self.total_stride}): raise img_size to >= "
+                f"{minimum}, or check the stride/kernel/padding options")
         if self.num_classes < 0:
             raise ValueError("num_classes must be >= 0 (0 means no classifier head)")
 
