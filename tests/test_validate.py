@@ -81,6 +81,18 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("trainer.num_nodes=abc", "trainer.num_nodes='abc' (str) must be an integer >= 1"),
     ("trainer.accumulate_grad_batches=0",
      "trainer.accumulate_grad_batches=0 (int) must be an integer >= 1"),
+    # each stopped at data setup with a bare TypeError ('>=' not supported) or sklearn's
+    # InvalidParameterError about a 'test_size' parameter the user never set
+    ("data.val_size=abc", "data.val_size='abc' (str) must be a fraction in (0, 1) or an image "
+                          "count >= 1, e.g. 0.1 or 5000"),
+    ("data.val_size=1.5", "data.val_size=1.5 (float) must be a fraction in (0, 1) or an image "
+                          "count >= 1, e.g. 0.1 or 5000"),
+    ("data.val_size=null", "data.val_size=None (NoneType) must be a fraction in (0, 1) or an "
+                           "image count >= 1, e.g. 0.1 or 5000"),
+    ("data.test_size=-0.2", "data.test_size=-0.2 (float) must be a fraction in (0, 1) or an image "
+                            "count >= 1, e.g. 0.1 or 5000, or null (no test split: test on val)"),
+    ("data.split_seed=abc", "data.split_seed='abc' (str) must be an integer in [0, 4294967295], "
+                            "or null (the run's seed)"),
 ])
 def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:

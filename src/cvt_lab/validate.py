@@ -119,13 +119,20 @@ def _devices(v: Any) -> bool:
     return _is_int(v) and (v >= 1 or v == -1)
 
 
+def _split_size(v: Any) -> bool:
+    """A split carved from train: a fraction of it, or a count (what _carve/sklearn take)."""
+    return (isinstance(v, float) and 0 < v < 1) or (_is_int(v) and v >= 1)
+
+
+_SEED = (lambda v: _is_int(v) and 0 <= v < 2**32)  # numpy's range
 _PROB = (_in(0, 1), "a number in [0, 1]")
+_SPLIT = "a fraction in (0, 1) or an image count >= 1, e.g. 0.1 or 5000"
 _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
          "a number in [0, 1) or one per stage, e.g. [0,0,0.1] (null: the preset's)")
 
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"an integer in [0, {2**32 - 1}]"),  # numpy's
+    "seed": (_SEED, f"an integer in [0, {2**32 - 1}]"),
     "train": (_is_bool, "true or false"),
     "test": (_is_bool, "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
@@ -159,6 +166,9 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.mean": (_numbers(3), "3 numbers, one per RGB channel, e.g. [0.485,0.456,0.406]"),
     "data.std": (_numbers(3, lambda x: x > 0),
                  "3 numbers > 0, one per RGB channel, e.g. [0.229,0.224,0.225]"),
+    "data.val_size": (_split_size, _SPLIT),
+    "data.test_size": (_optional(_split_size), f"{_SPLIT}, or null (no test split: test on val)"),
+    "data.split_seed": (_optional(_SEED), f"an integer in [0, {2**32 - 1}], or null (the run's seed)"),
     "data.crop_pct": (_in(0, 1, lo_open=True), "a number in (0, 1] (1.0: no crop)"),
     "data.eval_warp": (_is_bool, "true or false"),
     "data.streaming": (_is_bool, "true or false"),
