@@ -91,6 +91,10 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
                            "image count >= 1, e.g. 0.1 or 5000"),
     ("data.test_size=-0.2", "data.test_size=-0.2 (float) must be a fraction in (0, 1) or an image "
                             "count >= 1, e.g. 0.1 or 5000, or null (no test split: test on val)"),
+    # every image was then refused as 'cannot decode ... Remove or replace the file' (and with
+    # data.skip_corrupt=true skipped), blaming images for a config value
+    ("data.max_image_pixels=abc", "data.max_image_pixels='abc' (str) must be an integer > 0 "
+                                  "(pixels), or null (PIL's default, 89478485)"),
     ("data.split_seed=abc", "data.split_seed='abc' (str) must be an integer in [0, 4294967295], "
                             "or null (the run's seed)"),
 ])

@@ -169,6 +169,8 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data.val_size": (_split_size, _SPLIT),
     "data.test_size": (_optional(_split_size), f"{_SPLIT}, or null (no test split: test on val)"),
     "data.split_seed": (_optional(_SEED), f"an integer in [0, {2**32 - 1}], or null (the run's seed)"),
+    "data.max_image_pixels": (_optional(lambda v: _is_int(v) and v > 0),
+                              "an integer > 0 (pixels), or null (PIL's default, 89478485)"),
     "data.crop_pct": (_in(0, 1, lo_open=True), "a number in (0, 1] (1.0: no crop)"),
     "data.eval_warp": (_is_bool, "true or false"),
     "data.streaming": (_is_bool, "true or false"),
