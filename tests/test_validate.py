@@ -54,6 +54,13 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("data.skip_corrupt=yes", "data.skip_corrupt='yes' (str) must be true or false"),
     ("augment.hflip=abc", "augment.hflip='abc' (str) must be a number in [0, 1]"),
     ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1 (int) must be a number >= 0 (0: off)"),
+    # stopped the run with 'RandAugment() argument after ** must be a mapping, not str'
+    ("augment.randaugment=abc", "augment.randaugment='abc' (str) must be null (off) or "
+                                "RandAugment's options, e.g. {num_ops: 2, magnitude: 9} "
+                                "(augment=deit: the paper's)"),
+    ("augment=deit augment.randaugment=true",
+     "augment.randaugment=True (bool) must be null (off) or RandAugment's options, e.g. "
+     "{num_ops: 2, magnitude: 9} (augment=deit: the paper's)"),
     ("augment=deit augment.randaugment.magnitude=abc",
      "augment.randaugment.magnitude='abc' (str) must be a number in [0, 10] (timm's scale; paper: 9)"),
     # passed, then stopped the run with a traceback from RandAugment's own check

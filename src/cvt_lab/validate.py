@@ -184,6 +184,9 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.mix_switch_prob": _PROB,
     "augment.mixup_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.cutmix_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
+    "augment.randaugment": (lambda v: v is None or OmegaConf.is_dict(v) or isinstance(v, dict),
+                            "null (off) or RandAugment's options, e.g. {num_ops: 2, magnitude: 9} "
+                            "(augment=deit: the paper's)"),
     "augment.randaugment.num_ops": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "augment.randaugment.magnitude": (_in(0, 10), "a number in [0, 10] (timm's scale; paper: 9)"),
     "augment.randaugment.magnitude_std": (_in(0, math.inf), "a number >= 0"),
