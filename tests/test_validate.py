@@ -116,10 +116,13 @@ def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     ("+model.drop_pat=0.1", "unknown config key 'model.drop_pat': did you mean model.drop_path"),
     ("+trainer.max_epoch=3", "unknown config key 'trainer.max_epoch': did you mean trainer.max_epochs"),
     ("+sede=3", "unknown config key 'sede': did you mean seed, scheduler?"),
+    # passed, then stopped the run: RandAugment.__init__() got an unexpected keyword argument
+    ("augment=deit +augment.randaugment.magnitud=6",
+     "unknown config key 'augment.randaugment.magnitud': did you mean augment.randaugment.magnitude"),
 ])
 def test_unknown_keys_are_refused_with_close_matches(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
-        validate(cfg_for(tmp_path, override))
+        validate(cfg_for(tmp_path, *override.split()))
     assert str(err.value).startswith(message)
 
 

@@ -344,6 +344,12 @@ def trainer_keys() -> frozenset[str]:
     return frozenset(inspect.signature(Trainer.__init__).parameters) - {"self"} | {"_target_"}
 
 
+def randaugment_keys() -> frozenset[str]:
+    from .data.randaugment import RandAugment  # imports torch: keep the module light
+
+    return frozenset(inspect.signature(RandAugment.__init__).parameters) - {"self", "fill"}
+
+
 def _unknown(key: str, valid: frozenset[str] | set[str], where: str) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     close = [f"{parent}.{c}" if parent else c
@@ -363,6 +369,13 @@ def _check_unknown_keys(cfg: DictConfig, conf: Path) -> None:
         for key in cfg.get(group) or {}:
             if key not in valid:
                 raise _unknown(f"{group}.{key}", valid, f"'{group}' (defined in conf/{group}/*.yaml)")
+    randaugment = (cfg.get("augment") or {}).get("randaugment")
+    if randaugment:  # (passed to RandAugment as keyword arguments)
+        valid = randaugment_keys()
+        for key in randaugment:
+            if key not in valid:
+                raise _unknown(f"augment.randaugment.{key}", valid,
+                               "'augment.randaugment' (RandAugment's options)")
     if cfg.get("trainer"):
         valid = trainer_keys()
         for key in cfg.trainer:
