@@ -46,6 +46,8 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("ema_decay=1.5", "ema_decay=1.5 (float) must be a number in (0, 1), e.g. 0.9998, or null (no EMA)"),
     ("model.drop_path=abc", "model.drop_path='abc' (str) must be a number in [0, 1) or one per stage, "
                             "e.g. [0,0,0.1] (null: the preset's)"),
+    # the string 'no' is truthy: activation checkpointing went on, without a word
+    ("model.grad_checkpointing=no", "model.grad_checkpointing='no' (str) must be true or false"),
     ("data.mean=[0.5,0.5]", "data.mean=[0.5, 0.5] (list) must be 3 numbers, one per RGB channel, "
                             "e.g. [0.485,0.456,0.406]"),
     ("data.std=[0.5,0.5,0]", "data.std=[0.5, 0.5, 0] (list) must be 3 numbers > 0, one per RGB "

@@ -163,6 +163,7 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.drop_path": _RATE,
     "model.drop_rate": _RATE,
     "model.attn_drop": _RATE,
+    "model.grad_checkpointing": (_is_bool, "true or false"),
     "data.mean": (_numbers(3), "3 numbers, one per RGB channel, e.g. [0.485,0.456,0.406]"),
     "data.std": (_numbers(3, lambda x: x > 0),
                  "3 numbers > 0, one per RGB channel, e.g. [0.229,0.224,0.225]"),
