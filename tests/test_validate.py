@@ -143,9 +143,16 @@ def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
         validate(cfg_for(tmp_path, "data.image_size=7"))
 
 
-def test_bad_model_knob_is_refused_as_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="model: CvT option 'projection' got 'conv'"):
-        validate(cfg_for(tmp_path, "model.projection=conv"))
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.projection=conv", "model: CvT option 'projection' got 'conv'"),
+    # was "model: 'int' object is not iterable", naming neither the key nor the fix
+    ("model.depths=3", "model: CvT option 'depths' got 3 (int); it takes one block count per "
+                       "stage, e.g. [1,2,10]"),
+])
+def test_bad_model_knob_is_refused_as_a_config_error(override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, override))
+    assert str(err.value).startswith(message)
 
 
 def test_class_names_must_match_num_classes(tmp_path):

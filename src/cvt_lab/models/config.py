@@ -2,7 +2,8 @@
 
 Every per-stage field is a 3-tuple (one value per stage). A scalar given for a
 per-stage field is broadcast to all stages, except ``drop_path`` where a scalar
-means "the last stage", which is how the paper states it (0, 0, 0.1).
+means "the last stage", which is how the paper states it (0, 0, 0.1), and ``depths``,
+which sets the number of stages (a scalar is refused).
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class CvTConfig:
             raise TypeError(
                 f"unknown CvT option(s) {unknown}; valid options are: {sorted(names)}"
             )
+        if not isinstance(kwargs.get("depths", ()), (list, tuple)):  # sets the stage count
+            raise ValueError(f"CvT option 'depths' got {kwargs['depths']!r} "
+                             f"({type(kwargs['depths']).__name__}); it takes one block count per "
+                             "stage, e.g. [1,2,10]")
         depths = tuple(kwargs.get("depths", cls.depths))
         n = len(depths)
         out: dict[str, Any] = {}
