@@ -128,6 +128,19 @@ def test_unknown_keys_are_refused_with_close_matches(override, message, tmp_path
     assert str(err.value).startswith(message)
 
 
+@pytest.mark.parametrize("key", ["seed", "train", "model", "model.name", "data.image_size",
+                                 "data.mean", "optimizer.lr", "optimizer.batch_size",
+                                 "scheduler.name", "trainer._target_"])
+def test_a_removed_key_the_run_needs_is_refused_naming_it(key, tmp_path):
+    # `~key` passed validation and stopped the run with a bare KeyError ('lr', in
+    # configure_optimizers, once the loggers had started) or omegaconf's "Key 'seed' is not
+    # in struct"; ~data.image_size with "Interpolation key 'data.image_size' not found"
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, f"~{key}"))
+    assert str(err.value) == (f"{key} is missing (removed with ~{key}?), but the run needs it: "
+                              f"set it with {key}=<value> instead")
+
+
 def test_any_lightning_trainer_argument_is_a_known_key(tmp_path):
     validate(cfg_for(tmp_path, "+trainer.limit_train_batches=3", "+trainer.gradient_clip_val=1.0"))
 

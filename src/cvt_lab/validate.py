@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
     (Devices, precision and the batch split over devices: ``cvt_lab.hardware``.)
     """
     _check_group_choices()
+    _check_required(cfg)
     _check_types(cfg)
     _check_unknown_keys(cfg, config_dir())
     _check_run_mode(cfg)
@@ -208,6 +209,20 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scheduler.milestones": (_numbers(None, lambda x: x >= 0), "a list of epochs, e.g. [30,60,90]"),
     "scheduler.gamma": (_in(0, math.inf, lo_open=True), "a number > 0"),
 }
+
+
+# Keys the run reads without a default: `~key` on one of these is refused by name
+REQUIRED_KEYS = ("seed", "train", "test", "model", "model.name", "data", "data.name", "data.source",
+                 "data.num_classes", "data.image_size", "data.batch_size", "data.mean", "data.std",
+                 "augment", "optimizer", "optimizer.name", "optimizer.lr", "optimizer.batch_size",
+                 "scheduler", "scheduler.name", "trainer", "trainer._target_")
+
+
+def _check_required(cfg: DictConfig) -> None:
+    for key in REQUIRED_KEYS:
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            raise ConfigError(f"{key} is missing (removed with ~{key}?), but the run needs it: "
+                              f"set it with {key}=<value> instead")
 
 
 def _check_types(cfg: DictConfig) -> None:
