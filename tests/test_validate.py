@@ -254,6 +254,15 @@ def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
     (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
     (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),
     (["sede=1"], "Hint: 'sede' is not a key of the top level. Did you mean seed"),
+    # a key under a null node (the README's augment.randaugment.magnitude=6 without
+    # augment=deit): was "'augment.randaugment.magnitude' is not a config key. Did you mean
+    # augment.randaugment?", which it is, and which takes no number
+    (["augment.randaugment.magnitude=6"],
+     "Hint: 'augment.randaugment' is null in this config, so 'augment.randaugment.magnitude' "
+     "does not exist yet: add it with a +, as +augment.randaugment.magnitude=6"),
+    (["data=folder", "data.splits.val=valid"],
+     "Hint: 'data.splits' is null in this config, so 'data.splits.val' does not exist yet: add it "
+     "with a +, as +data.splits.val=valid"),
 ])
 def test_override_hint_names_the_bad_override_and_close_matches(overrides, hint):
     assert override_hint(overrides, conf=CONF).startswith(hint)

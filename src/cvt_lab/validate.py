@@ -572,7 +572,10 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
         did = f" Did you mean {group}={close[0]}?" if close else ""
         return f"Hint: '{value}' is not an option of '{group}'.{did} Options: {', '.join(options)}"
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(base, parent_key) if parent_key else base
+    parent = OmegaConf.select(base, parent_key, default="<absent>") if parent_key else base
+    if parent is None:  # e.g. augment.randaugment (off) under augment=basic: Hydra wants the +
+        return (f"Hint: '{parent_key}' is null in this config, so '{key}' does not exist yet: "
+                f"add it with a +, as +{override.input_line}")
     if not isinstance(parent, DictConfig):
         flat = _flat_keys(base)
         close = difflib.get_close_matches(key, flat, n=3)
