@@ -46,6 +46,8 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("ema_decay=1.5", "ema_decay=1.5 (float) must be a number in (0, 1), e.g. 0.9998, or null (no EMA)"),
     ("model.drop_path=abc", "model.drop_path='abc' (str) must be a number in [0, 1) or one per stage, "
                             "e.g. [0,0,0.1] (null: the preset's)"),
+    # the string 'no' is truthy: activation checkpointing went on, without a word
+    ("model.grad_checkpointing=no", "model.grad_checkpointing='no' (str) must be true or false"),
     ("data.mean=[0.5,0.5]", "data.mean=[0.5, 0.5] (list) must be 3 numbers, one per RGB channel, "
                             "e.g. [0.485,0.456,0.406]"),
     ("data.std=[0.5,0.5,0]", "data.std=[0.5, 0.5, 0] (list) must be 3 numbers > 0, one per RGB "
@@ -54,6 +56,13 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("data.skip_corrupt=yes", "data.skip_corrupt='yes' (str) must be true or false"),
     ("augment.hflip=abc", "augment.hflip='abc' (str) must be a number in [0, 1]"),
     ("augment.mixup_alpha=-1", "augment.mixup_alpha=-1 (int) must be a number >= 0 (0: off)"),
+    # stopped the run with 'RandAugment() argument after ** must be a mapping, not str'
+    ("augment.randaugment=abc", "augment.randaugment='abc' (str) must be null (off) or "
+                                "RandAugment's options, e.g. {num_ops: 2, magnitude: 9} "
+                                "(augment=deit: the paper's)"),
+    ("augment=deit augment.randaugment=true",
+     "augment.randaugment=True (bool) must be null (off) or RandAugment's options, e.g. "
+     "{num_ops: 2, magnitude: 9} (augment=deit: the paper's)"),
     ("augment=deit augment.randaugment.magnitude=abc",
      "augment.randaugment.magnitude='abc' (str) must be a number in [0, 10] (timm's scale; paper: 9)"),
     # passed, then stopped the run with a traceback from RandAugment's own check
@@ -81,6 +90,22 @@ def test_every_shipped_option_passes_validation(group, option, tmp_path):
     ("trainer.num_nodes=abc", "trainer.num_nodes='abc' (str) must be an integer >= 1"),
     ("trainer.accumulate_grad_batches=0",
      "trainer.accumulate_grad_batches=0 (int) must be an integer >= 1"),
+    # each stopped at data setup with a bare TypeError ('>=' not supported) or sklearn's
+    # InvalidParameterError about a 'test_size' parameter the user never set
+    ("data.val_size=abc", "data.val_size='abc' (str) must be a fraction in (0, 1) or an image "
+                          "count >= 1, e.g. 0.1 or 5000"),
+    ("data.val_size=1.5", "data.val_size=1.5 (float) must be a fraction in (0, 1) or an image "
+                          "count >= 1, e.g. 0.1 or 5000"),
+    ("data.val_size=null", "data.val_size=None (NoneType) must be a fraction in (0, 1) or an "
+                           "image count >= 1, e.g. 0.1 or 5000"),
+    ("data.test_size=-0.2", "data.test_size=-0.2 (float) must be a fraction in (0, 1) or an image "
+                            "count >= 1, e.g. 0.1 or 5000, or null (no test split: test on val)"),
+    # every image was then refused as 'cannot decode ... Remove or replace the file' (and with
+    # data.skip_corrupt=true skipped), blaming images for a config value
+    ("data.max_image_pixels=abc", "data.max_image_pixels='abc' (str) must be an integer > 0 "
+                                  "(pixels), or null (PIL's default, 89478485)"),
+    ("data.split_seed=abc", "data.split_seed='abc' (str) must be an integer in [0, 4294967295], "
+                            "or null (the run's seed)"),
 ])
 def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
@@ -93,11 +118,27 @@ def test_wrong_types_are_refused_naming_the_key(override, message, tmp_path):
     ("+model.drop_pat=0.1", "unknown config key 'model.drop_pat': did you mean model.drop_path"),
     ("+trainer.max_epoch=3", "unknown config key 'trainer.max_epoch': did you mean trainer.max_epochs"),
     ("+sede=3", "unknown config key 'sede': did you mean seed, scheduler?"),
+    # passed, then stopped the run: RandAugment.__init__() got an unexpected keyword argument
+    ("augment=deit +augment.randaugment.magnitud=6",
+     "unknown config key 'augment.randaugment.magnitud': did you mean augment.randaugment.magnitude"),
 ])
 def test_unknown_keys_are_refused_with_close_matches(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:
-        validate(cfg_for(tmp_path, override))
+        validate(cfg_for(tmp_path, *override.split()))
     assert str(err.value).startswith(message)
+
+
+@pytest.mark.parametrize("key", ["seed", "train", "model", "model.name", "data.image_size",
+                                 "data.mean", "optimizer.lr", "optimizer.batch_size",
+                                 "scheduler.name", "trainer._target_"])
+def test_a_removed_key_the_run_needs_is_refused_naming_it(key, tmp_path):
+    # `~key` passed validation and stopped the run with a bare KeyError ('lr', in
+    # configure_optimizers, once the loggers had started) or omegaconf's "Key 'seed' is not
+    # in struct"; ~data.image_size with "Interpolation key 'data.image_size' not found"
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, f"~{key}"))
+    assert str(err.value) == (f"{key} is missing (removed with ~{key}?), but the run needs it: "
+                              f"set it with {key}=<value> instead")
 
 
 def test_any_lightning_trainer_argument_is_a_known_key(tmp_path):
@@ -119,9 +160,18 @@ def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
         validate(cfg_for(tmp_path, "model=cvt13", "model.img_size=8"))
 
 
-def test_bad_model_knob_is_refused_as_a_config_error(tmp_path):
-    with pytest.raises(ConfigError, match="model: CvT option 'projection' got 'conv'"):
-        validate(cfg_for(tmp_path, "model.projection=conv"))
+@pytest.mark.parametrize(("override", "message"), [
+    ("model.projection=conv", "model: CvT option 'projection' got 'conv'"),
+    # was "model: 'int' object is not iterable", naming neither the key nor the fix
+    ("model.depths=3", "model: CvT option 'depths' got 3 (int); it takes one block count per "
+                       "stage, e.g. [1,2,10]"),
+    # passed, then failed building the network: torch's 'number of steps must be non-negative'
+    ("model.depths=[1,-1,2]", "model: CvT option 'depths' got -1 in stage 1; a block count must be >= 0"),
+])
+def test_bad_model_knob_is_refused_as_a_config_error(override, message, tmp_path):
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, override))
+    assert str(err.value).startswith(message)
 
 
 def test_class_names_must_match_num_classes(tmp_path):
@@ -208,6 +258,15 @@ def test_dataset_class_count_is_checked_against_num_classes_at_setup(tmp_path):
     (["model=cvt31"], "Hint: 'cvt31' is not an option of 'model'. Did you mean model=cvt21? Options: cvt13,"),
     (["model=cvt13,cvt_tny", "seed=1"], "Hint: 'cvt_tny' is not an option of 'model'. Did you mean model=cvt_tiny?"),
     (["sede=1"], "Hint: 'sede' is not a key of the top level. Did you mean seed"),
+    # a key under a null node (the README's augment.randaugment.magnitude=6 without
+    # augment=deit): was "'augment.randaugment.magnitude' is not a config key. Did you mean
+    # augment.randaugment?", which it is, and which takes no number
+    (["augment.randaugment.magnitude=6"],
+     "Hint: 'augment.randaugment' is null in this config, so 'augment.randaugment.magnitude' "
+     "does not exist yet: add it with a +, as +augment.randaugment.magnitude=6"),
+    (["data=folder", "data.splits.val=valid"],
+     "Hint: 'data.splits' is null in this config, so 'data.splits.val' does not exist yet: add it "
+     "with a +, as +data.splits.val=valid"),
 ])
 def test_override_hint_names_the_bad_override_and_close_matches(overrides, hint):
     assert override_hint(overrides, conf=CONF).startswith(hint)

@@ -60,6 +60,7 @@ def validate(cfg: DictConfig) -> None:
     (Devices, precision and the batch split over devices: ``cvt_lab.hardware``.)
     """
     _check_group_choices()
+    _check_required(cfg)
     _check_types(cfg)
     _check_unknown_keys(cfg, config_dir())
     _check_run_mode(cfg)
@@ -119,13 +120,20 @@ def _devices(v: Any) -> bool:
     return _is_int(v) and (v >= 1 or v == -1)
 
 
+def _split_size(v: Any) -> bool:
+    """A split carved from train: a fraction of it, or a count (what _carve/sklearn take)."""
+    return (isinstance(v, float) and 0 < v < 1) or (_is_int(v) and v >= 1)
+
+
+_SEED = (lambda v: _is_int(v) and 0 <= v < 2**32)  # numpy's range
 _PROB = (_in(0, 1), "a number in [0, 1]")
+_SPLIT = "a fraction in (0, 1) or an image count >= 1, e.g. 0.1 or 5000"
 _RATE = (_scalar_or_per_stage(_in(0, 1, hi_open=True)),
          "a number in [0, 1) or one per stage, e.g. [0,0,0.1] (null: the preset's)")
 
 # key -> (test, what it must be). Optional keys are checked only when present.
 TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "seed": (lambda v: _is_int(v) and 0 <= v < 2**32, f"an integer in [0, {2**32 - 1}]"),  # numpy's
+    "seed": (_SEED, f"an integer in [0, {2**32 - 1}]"),
     "train": (_is_bool, "true or false"),
     "test": (_is_bool, "true or false"),
     "data.batch_size": (lambda v: _is_int(v) and v > 0, "an integer > 0"),
@@ -156,9 +164,15 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "model.drop_path": _RATE,
     "model.drop_rate": _RATE,
     "model.attn_drop": _RATE,
+    "model.grad_checkpointing": (_is_bool, "true or false"),
     "data.mean": (_numbers(3), "3 numbers, one per RGB channel, e.g. [0.485,0.456,0.406]"),
     "data.std": (_numbers(3, lambda x: x > 0),
                  "3 numbers > 0, one per RGB channel, e.g. [0.229,0.224,0.225]"),
+    "data.val_size": (_split_size, _SPLIT),
+    "data.test_size": (_optional(_split_size), f"{_SPLIT}, or null (no test split: test on val)"),
+    "data.split_seed": (_optional(_SEED), f"an integer in [0, {2**32 - 1}], or null (the run's seed)"),
+    "data.max_image_pixels": (_optional(lambda v: _is_int(v) and v > 0),
+                              "an integer > 0 (pixels), or null (PIL's default, 89478485)"),
     "data.crop_pct": (_in(0, 1, lo_open=True), "a number in (0, 1] (1.0: no crop)"),
     "data.eval_warp": (_is_bool, "true or false"),
     "data.streaming": (_is_bool, "true or false"),
@@ -172,6 +186,9 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "augment.mix_switch_prob": _PROB,
     "augment.mixup_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
     "augment.cutmix_alpha": (_in(0, math.inf), "a number >= 0 (0: off)"),
+    "augment.randaugment": (lambda v: v is None or OmegaConf.is_dict(v) or isinstance(v, dict),
+                            "null (off) or RandAugment's options, e.g. {num_ops: 2, magnitude: 9} "
+                            "(augment=deit: the paper's)"),
     "augment.randaugment.num_ops": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
     "augment.randaugment.magnitude": (_in(0, 10), "a number in [0, 10] (timm's scale; paper: 9)"),
     "augment.randaugment.magnitude_std": (_in(0, math.inf), "a number >= 0"),
@@ -192,6 +209,20 @@ TYPE_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "scheduler.milestones": (_numbers(None, lambda x: x >= 0), "a list of epochs, e.g. [30,60,90]"),
     "scheduler.gamma": (_in(0, math.inf, lo_open=True), "a number > 0"),
 }
+
+
+# Keys the run reads without a default: `~key` on one of these is refused by name
+REQUIRED_KEYS = ("seed", "train", "test", "model", "model.name", "data", "data.name", "data.source",
+                 "data.num_classes", "data.image_size", "data.batch_size", "data.mean", "data.std",
+                 "augment", "optimizer", "optimizer.name", "optimizer.lr", "optimizer.batch_size",
+                 "scheduler", "scheduler.name", "trainer", "trainer._target_")
+
+
+def _check_required(cfg: DictConfig) -> None:
+    for key in REQUIRED_KEYS:
+        if OmegaConf.select(cfg, key, default="<absent>") == "<absent>":
+            raise ConfigError(f"{key} is missing (removed with ~{key}?), but the run needs it: "
+                              f"set it with {key}=<value> instead")
 
 
 def _check_types(cfg: DictConfig) -> None:
@@ -337,6 +368,12 @@ def trainer_keys() -> frozenset[str]:
     return frozenset(inspect.signature(Trainer.__init__).parameters) - {"self"} | {"_target_"}
 
 
+def randaugment_keys() -> frozenset[str]:
+    from .data.randaugment import RandAugment  # imports torch: keep the module light
+
+    return frozenset(inspect.signature(RandAugment.__init__).parameters) - {"self", "fill"}
+
+
 def _unknown(key: str, valid: frozenset[str] | set[str], where: str) -> ConfigError:
     parent, _, leaf = key.rpartition(".")
     close = [f"{parent}.{c}" if parent else c
@@ -356,6 +393,13 @@ def _check_unknown_keys(cfg: DictConfig, conf: Path) -> None:
         for key in cfg.get(group) or {}:
             if key not in valid:
                 raise _unknown(f"{group}.{key}", valid, f"'{group}' (defined in conf/{group}/*.yaml)")
+    randaugment = (cfg.get("augment") or {}).get("randaugment")
+    if randaugment:  # (passed to RandAugment as keyword arguments)
+        valid = randaugment_keys()
+        for key in randaugment:
+            if key not in valid:
+                raise _unknown(f"augment.randaugment.{key}", valid,
+                               "'augment.randaugment' (RandAugment's options)")
     if cfg.get("trainer"):
         valid = trainer_keys()
         for key in cfg.trainer:
@@ -536,7 +580,10 @@ def _hint_for(override: Any, base: DictConfig, conf: Path) -> str:
         did = f" Did you mean {group}={close[0]}?" if close else ""
         return f"Hint: '{value}' is not an option of '{group}'.{did} Options: {', '.join(options)}"
     parent_key, _, leaf = key.rpartition(".")
-    parent = OmegaConf.select(base, parent_key) if parent_key else base
+    parent = OmegaConf.select(base, parent_key, default="<absent>") if parent_key else base
+    if parent is None:  # e.g. augment.randaugment (off) under augment=basic: Hydra wants the +
+        return (f"Hint: '{parent_key}' is null in this config, so '{key}' does not exist yet: "
+                f"add it with a +, as +{override.input_line}")
     if not isinstance(parent, DictConfig):
         flat = _flat_keys(base)
         close = difflib.get_close_matches(key, flat, n=3)

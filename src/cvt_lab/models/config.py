@@ -2,7 +2,8 @@
 
 Every per-stage field is a 3-tuple (one value per stage). A scalar given for a
 per-stage field is broadcast to all stages, except ``drop_path`` where a scalar
-means "the last stage", which is how the paper states it (0, 0, 0.1).
+means "the last stage", which is how the paper states it (0, 0, 0.1), and ``depths``,
+which sets the number of stages (a scalar is refused).
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ class CvTConfig:
             raise TypeError(
                 f"unknown CvT option(s) {unknown}; valid options are: {sorted(names)}"
             )
+        if not isinstance(kwargs.get("depths", ()), (list, tuple)):  # sets the stage count
+            raise ValueError(f"CvT option 'depths' got {kwargs['depths']!r} "
+                             f"({type(kwargs['depths']).__name__}); it takes one block count per "
+                             "stage, e.g. [1,2,10]")
         depths = tuple(kwargs.get("depths", cls.depths))
         n = len(depths)
         out: dict[str, Any] = {}
@@ -171,7 +176,8 @@ class CvTConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
-        for names, what, low in ((("patch_size", "kernel_qkv"), "a kernel size", 1),
+        for names, what, low in ((("depths",), "a block count", 0),
+                                 (("patch_size", "kernel_qkv"), "a kernel size", 1),
                                  (("patch_stride", "stride_q", "stride_kv"), "a stride", 1),
                                  (("patch_padding", "padding_q", "padding_kv"), "a padding", 0)):
             for name in names:
