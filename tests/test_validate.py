@@ -166,7 +166,7 @@ def test_image_smaller_than_the_model_stride_is_refused(tmp_path):
     ("model.depths=3", "model: CvT option 'depths' got 3 (int); it takes one block count per "
                        "stage, e.g. [1,2,10]"),
     # passed, then failed building the network: torch's 'number of steps must be non-negative'
-    ("model.depths=[1,-1,2]", "model: CvT option 'depths' got -1 in stage 1; a block count must be >= 0"),
+    ("model.depths=[1,-1,2]", "model: CvT option 'depths' got -1 in stage 1; every stage needs at least 1 block"),
 ])
 def test_bad_model_knob_is_refused_as_a_config_error(override, message, tmp_path):
     with pytest.raises(ConfigError) as err:

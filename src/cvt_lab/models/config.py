@@ -176,8 +176,7 @@ class CvTConfig:
         _check_choice("projection", self.projection, PROJECTIONS)
         _check_choice("token_embed", self.token_embed, TOKEN_EMBEDS)
         _check_choice("activation", (self.activation,), ACTIVATIONS)
-        for names, what, low in ((("depths",), "a block count", 0),
-                                 (("patch_size", "kernel_qkv"), "a kernel size", 1),
+        for names, what, low in ((("patch_size", "kernel_qkv"), "a kernel size", 1),
                                  (("patch_stride", "stride_q", "stride_kv"), "a stride", 1),
                                  (("patch_padding", "padding_q", "padding_kv"), "a padding", 0)):
             for name in names:
