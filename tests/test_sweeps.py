@@ -184,6 +184,24 @@ def test_a_resumed_study_samples_new_params_not_its_first_trials_again(tmp_path)
     assert search("b.db", 2) == first  # a new study still draws reproducibly from the seed
 
 
+@pytest.mark.skipif(importlib.util.find_spec("hydra_plugins.hydra_optuna_sweeper") is None,
+                    reason="needs the [sweep] extra (hydra-optuna-sweeper)")
+@pytest.mark.parametrize("choice, sampler", [
+    ([], "ResumingTPESampler"), (["hydra/sweeper/sampler=random"], "RandomSampler"),
+    (["hydra/sweeper/sampler=cmaes"], "CmaEsSampler")])
+def test_the_search_takes_another_optuna_sampler(tmp_path, choice, sampler):
+    # hydra/sweeper/sampler=random failed to compose: optuna.yaml set TPE-only keys
+    # (n_startup_trials) on whichever sampler was chosen
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.utils import instantiate
+
+    compose_config(["hparams_search=optuna", "seed=3", *choice], tmp_path)
+    built = instantiate(HydraConfig.get().sweeper.sampler)
+    assert type(built).__name__ == sampler
+    if sampler == "ResumingTPESampler":  # the default: seeded by the run's seed
+        assert (built.seed, built.tpe["n_startup_trials"]) == (3, 5)
+
+
 def test_a_sweep_job_without_its_objective_says_why(make_cfg, monkeypatch, caplog):
     """Validation that never ran leaves Optuna nothing but "None is not float-castable"."""
     cfg = make_cfg("+trainer.limit_val_batches=0")
