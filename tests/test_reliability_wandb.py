@@ -122,3 +122,37 @@ def test_the_summary_names_no_wandb_folder_when_wandb_is_disabled(tmp_path, monk
     run_in_process(["logger=default", *TINY, "trainer.max_epochs=1", "test=false"], tmp_path)
     outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
     assert "csv" in outputs and "wandb" not in outputs, outputs
+
+
+HOST = "wandb.corp.example"  # a self-hosted W&B server
+
+
+@pytest.mark.parametrize("setup, expected", [
+    ({"settings": HOST, "netrc": HOST}, True),      # `wandb login --host https://<host>`
+    ({"env": HOST, "netrc": HOST}, True),           # WANDB_BASE_URL and a netrc entry for it
+    ({"netrc": "api.wandb.ai", "NETRC": True}, True),  # a netrc where $NETRC says
+    ({"settings": HOST, "netrc": "api.wandb.ai"}, False),  # no key for the server in use
+])
+def test_wandb_counts_as_set_up_exactly_when_wandb_itself_has_a_key(tmp_path, monkeypatch, setup,
+                                                                    expected):
+    """`wandb login --host` to a self-hosted server (its key in ~/.netrc under that host) ran
+    offline, and a key for api.wandb.ai alone chose online for a server it does not open:
+    only ~/.netrc's api.wandb.ai entry was looked at."""
+    from cvt_lab.loggers import wandb_configured
+
+    for name in ("WANDB_MODE", "WANDB_API_KEY", "WANDB_BASE_URL", "WANDB_CONFIG_DIR", "NETRC"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    netrc = tmp_path / ("elsewhere/netrc" if setup.get("NETRC") else ".netrc")
+    netrc.parent.mkdir(parents=True, exist_ok=True)
+    netrc.write_text(f"machine {setup['netrc']}\n  login user\n  password {'k' * 40}\n")
+    netrc.chmod(0o600)
+    if setup.get("NETRC"):
+        monkeypatch.setenv("NETRC", str(netrc))
+    if "settings" in setup:
+        (tmp_path / ".config/wandb").mkdir(parents=True)
+        (tmp_path / ".config/wandb/settings").write_text(
+            f"[default]\nbase_url = https://{setup['settings']}\n")
+    if "env" in setup:
+        monkeypatch.setenv("WANDB_BASE_URL", f"https://{setup['env']}")
+    assert wandb_configured() is expected

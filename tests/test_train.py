@@ -105,3 +105,18 @@ def test_fine_tuning_starts_from_the_published_weights_with_a_new_head(tmp_path)
                                                depths=(1, 2, 3)).config
     for name, value in restored.net.state_dict().items():
         assert torch.equal(value, state[f"net.{name}"]), name
+
+
+def test_the_logged_git_commit_is_the_codes_even_when_run_from_elsewhere(tmp_path, monkeypatch):
+    """Started from a directory outside the checkout, the run logged git_commit 'unknown' (or
+    the commit of whatever repository the shell stood in): git ran in the working directory."""
+    import subprocess
+
+    import yaml
+
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                          capture_output=True, text=True, check=True).stdout.strip()
+    monkeypatch.chdir(tmp_path)  # not a git repository
+    run(compose_config(["logger=csv", "debug=fast_dev_run"], tmp_path))
+    hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
+    assert hparams["git_commit"].removesuffix("-dirty") == head

@@ -2,23 +2,40 @@
 
 from __future__ import annotations
 
+import configparser
 import netrc
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 
 
 def wandb_configured() -> bool:
-    """True when the user has given W&B credentials or chosen a mode; never prompts."""
+    """True when the user has given W&B credentials or chosen a mode; never prompts.
+
+    Credentials are found where wandb looks: WANDB_API_KEY, or the netrc file ($NETRC, else
+    ~/.netrc) entry of the server in use (WANDB_BASE_URL, else the ``base_url`` that
+    ``wandb login --host`` saved in W&B's settings file, else api.wandb.ai).
+    """
     if os.environ.get("WANDB_API_KEY") or os.environ.get("WANDB_MODE"):
         return True
     try:
-        return netrc.netrc().authenticators("api.wandb.ai") is not None
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        host = urlsplit(os.environ.get("WANDB_BASE_URL") or _saved_base_url()).netloc
+        path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+        return netrc.netrc(path).authenticators(host) is not None
+    except (netrc.NetrcParseError, configparser.Error, OSError):
         return False
+
+
+def _saved_base_url() -> str:
+    """The W&B server ``wandb login --host`` saved as the default, else W&B's cloud."""
+    settings = configparser.ConfigParser()
+    folder = os.environ.get("WANDB_CONFIG_DIR") or "~/.config/wandb"
+    settings.read(Path(folder).expanduser() / "settings")
+    return settings.get("default", "base_url", fallback="https://api.wandb.ai")
 
 
 def wandb_logger(save_dir: str, project: str, mode: str = "auto", **kwargs: Any) -> WandbLogger:

@@ -11,8 +11,9 @@ from typing import Any, Iterator
 from lightning.pytorch.utilities import rank_zero_only
 
 
-def git_commit(path: str | Path = ".") -> str:
-    """Current commit (with '-dirty' when the tree has changes), or 'unknown' outside git."""
+def git_commit(path: str | Path = Path(__file__).parent) -> str:
+    """The commit of the checkout at ``path`` (default: this code's own, wherever the run
+    was started), with '-dirty' when its tree has changes; 'unknown' outside git."""
     try:
         def git(*args: str) -> str:
             return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True,
