@@ -105,3 +105,29 @@ def test_fine_tuning_starts_from_the_published_weights_with_a_new_head(tmp_path)
                                                depths=(1, 2, 3)).config
     for name, value in restored.net.state_dict().items():
         assert torch.equal(value, state[f"net.{name}"]), name
+
+
+# ------------------------------------------------ the test after training, and the summary
+
+SHORT = ["logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+         "+trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
+         "callbacks.progress_bar.refresh_rate=0"]
+
+
+@pytest.mark.parametrize("overrides", [["+trainer.limit_val_batches=1"],
+                                       ["+trainer.limit_val_batches=1", "~callbacks.model_checkpoint"],
+                                       ["+trainer.limit_val_batches=0"]],
+                         ids=["best", "no-best-callback", "no-validation"])
+def test_the_summary_names_the_weights_the_test_after_training_used(tmp_path, capsys, overrides):
+    run(compose_config([*SHORT, *overrides], tmp_path))
+    outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
+    best = list((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    if overrides == ["+trainer.limit_val_batches=1"]:
+        assert len(best) == 1
+        for label in ("best ckpt", "tested ckpt"):
+            assert re.search(rf"^  {label}\s+{re.escape(str(best[0]))}$", outputs, re.M), outputs
+    else:  # no checkpoint chosen by val/acc1: the test ran on the weights training ended with,
+        assert not best  # and last.ckpt is not called the best one
+        assert "best ckpt" not in outputs and "tested ckpt" not in outputs, outputs
+        assert re.search(r"^  tested weights\s+the final ones \(no best checkpoint\)$",
+                         outputs, re.M), outputs
