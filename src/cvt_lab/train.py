@@ -19,7 +19,7 @@ from .data.decode import ImageDecodeError
 from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
-from .models.checkpoint import CheckpointError
+from .models.checkpoint import CONFIG_KEY, CheckpointError
 from .module import CvTModule
 from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, check_resumed_settings,
                      read_resume_state, resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
@@ -66,7 +66,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                            scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
                            label_smoothing=cfg.augment.get("label_smoothing", 0.0),
                            ema_decay=cfg.get("ema_decay"), compile=plain(cfg.get("compile", False)),
-                           channels_last=cfg.get("channels_last", False))
+                           channels_last=cfg.get("channels_last", False),
+                           # its weights replace model.pretrained's: those are not read
+                           replaced_by=(ckpt or {}).get(CONFIG_KEY))
     except (OSError, CheckpointError) as err:  # the message says what is wrong with the weights
         if not cfg.model.get("pretrained"):
             raise
