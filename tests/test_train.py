@@ -58,11 +58,8 @@ def published(tmp_path: Path, num_classes: int) -> tuple[Path, torch.nn.Module]:
     return export_hf(net, tmp_path / f"hub{num_classes}"), net
 
 
-def test_published_weights_are_evaluated_as_they_are(tmp_path):
-    path, net = published(tmp_path, 10)  # the embedded digits have 10 classes
-    cfg = compose_config(["logger=csv", "train=false", f"model.pretrained={path}", DEPTHS], tmp_path / "run")
-    metrics = run(cfg)
-    # the reference: the network by hand over the same test split
+def hand_top1(cfg, net: torch.nn.Module) -> float:
+    """The reference: ``net``'s top-1 accuracy by hand over the config's test split."""
     datamodule = ImageDataModule(plain(cfg.data), plain(cfg.augment), seed=cfg.seed)
     datamodule.setup("test")
     right = seen = 0
@@ -71,7 +68,15 @@ def test_published_weights_are_evaluated_as_they_are(tmp_path):
             images, _, labels = datamodule.on_after_batch_transfer(batch, 0)
             right += int((net(images).argmax(1) == labels).sum())
             seen += len(labels)
-    assert seen > 100 and metrics["test/acc1"] == pytest.approx(right / seen, abs=1e-6)
+    assert seen > 100
+    return right / seen
+
+
+def test_published_weights_are_evaluated_as_they_are(tmp_path):
+    path, net = published(tmp_path, 10)  # the embedded digits have 10 classes
+    cfg = compose_config(["logger=csv", "train=false", f"model.pretrained={path}", DEPTHS], tmp_path / "run")
+    metrics = run(cfg)
+    assert metrics["test/acc1"] == pytest.approx(hand_top1(cfg, net), abs=1e-6)
 
 
 def test_published_weights_of_another_label_set_are_not_evaluated_with_a_new_head(tmp_path):
@@ -120,3 +125,44 @@ def test_the_logged_git_commit_is_the_codes_even_when_run_from_elsewhere(tmp_pat
     run(compose_config(["logger=csv", "debug=fast_dev_run"], tmp_path))
     hparams = yaml.safe_load((tmp_path / "csv" / "hparams.yaml").read_text())
     assert hparams["git_commit"].removesuffix("-dirty") == head
+
+
+# ------------------------------------------------ the test after training, and the summary
+
+SHORT = ["logger=csv", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+         "+trainer.limit_test_batches=2", "trainer.num_sanity_val_steps=0",
+         "callbacks.progress_bar.refresh_rate=0"]
+
+
+@pytest.mark.parametrize("overrides", [["+trainer.limit_val_batches=1"],
+                                       ["+trainer.limit_val_batches=1", "~callbacks.model_checkpoint"],
+                                       ["+trainer.limit_val_batches=0"]],
+                         ids=["best", "no-best-callback", "no-validation"])
+def test_the_summary_names_the_weights_the_test_after_training_used(tmp_path, capsys, overrides):
+    run(compose_config([*SHORT, *overrides], tmp_path))
+    outputs = capsys.readouterr().out.split("Outputs\n", 1)[1]
+    best = list((tmp_path / "checkpoints").glob("epoch*.ckpt"))
+    if overrides == ["+trainer.limit_val_batches=1"]:
+        assert len(best) == 1
+        for label in ("best ckpt", "tested ckpt"):
+            assert re.search(rf"^  {label}\s+{re.escape(str(best[0]))}$", outputs, re.M), outputs
+    else:  # no checkpoint chosen by val/acc1: the test ran on the weights training ended with,
+        assert not best  # and last.ckpt is not called the best one
+        assert "best ckpt" not in outputs and "tested ckpt" not in outputs, outputs
+        assert re.search(r"^  tested weights\s+the final ones \(no best checkpoint\)$",
+                         outputs, re.M), outputs
+
+
+def test_a_fine_tuned_checkpoint_is_evaluated_without_the_pretrained_weights_it_started_from(tmp_path):
+    # python run.py <the fine-tuning overrides> train=false ckpt_path=<its ckpt>: the checkpoint's
+    # weights replace model.pretrained's, so those are not read (gone here; offline: a Hub id)
+    path, _ = published(tmp_path, 7)
+    tuned = [f"model.pretrained={path}", DEPTHS]
+    run(compose_config([*SHORT, *tuned, "+trainer.limit_val_batches=1", "test=false"], tmp_path / "run"))
+    last = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    shutil.rmtree(path)
+    cfg = compose_config(["logger=csv", *tuned, "train=false", f"ckpt_path={last}"], tmp_path / "eval")
+    metrics = run(cfg)
+    net = CvTModule.load_from_checkpoint(last, weights_only=True).net.eval()
+    assert net.config.activation == "gelu"  # as the transformers weights it started from
+    assert metrics["test/acc1"] == pytest.approx(hand_top1(cfg, net), abs=1e-6)

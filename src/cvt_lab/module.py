@@ -27,15 +27,22 @@ BEST_KEY = "val_acc1_best"  # top-level key of our checkpoints: the best val/acc
 
 
 def build_network(model_cfg: dict[str, Any], num_classes: int,
-                  net_config: dict[str, Any] | None = None) -> CvT:
+                  net_config: dict[str, Any] | None = None,
+                  replaced_by: dict[str, Any] | None = None) -> CvT:
     """``model`` config -> CvT. Null knobs keep the preset's value. ``net_config`` (what a
     checkpoint of ours records) builds that exact network instead, without reading
-    ``model.pretrained``: the checkpoint's weights replace those anyway."""
+    ``model.pretrained``: the checkpoint's weights replace those anyway.
+
+    ``replaced_by``: the ``net_config`` of the checkpoint whose weights will be loaded over
+    these (``ckpt_path``): the config's network is built, but ``model.pretrained`` is not read
+    (it may be gone, or a Hub id offline); the activation it would set comes from that record."""
     if net_config is not None:
         net = CvT(CvTConfig.build(**net_config))
     else:
         knobs = architecture_overrides(model_cfg)
-        if model_cfg.get("pretrained"):
+        if model_cfg.get("pretrained") and replaced_by is not None:
+            knobs.setdefault("activation", replaced_by["activation"])
+        elif model_cfg.get("pretrained"):
             knobs["pretrained"] = model_cfg["pretrained"]
         with rank_zero_logs("cvt_lab.models"):  # what loading the weights did: once per run
             net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
@@ -81,15 +88,17 @@ class CvTModule(L.LightningModule):
     checkpoint keys have no ``_orig_mod.`` and load into an uncompiled module).
     ``channels_last``: NHWC memory format for weights and inputs (faster convs on GPUs).
     ``net_config``: the exact network (a :class:`CvTConfig` dict), set by checkpoints.
+    ``replaced_by``: see :func:`build_network` (not a hyper-parameter: it names no setting).
     """
 
     def __init__(self, model: dict[str, Any], optimizer: dict[str, Any], scheduler: dict[str, Any],
                  num_classes: int, label_smoothing: float = 0.0, ema_decay: float | None = None,
                  compile: bool | dict[str, Any] = False, channels_last: bool = False,
-                 net_config: dict[str, Any] | None = None) -> None:
+                 net_config: dict[str, Any] | None = None,
+                 replaced_by: dict[str, Any] | None = None) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.net = build_network(model, num_classes, net_config)
+        self.save_hyperparameters(ignore=["replaced_by"])
+        self.net = build_network(model, num_classes, net_config, replaced_by)
         self.ema = ema_copy(self.net, ema_decay) if ema_decay is not None else None
         self.label_smoothing = label_smoothing
         self.train_metrics = accuracy_metrics(num_classes, "train/")

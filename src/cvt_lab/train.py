@@ -8,7 +8,7 @@ from typing import Any
 
 import hydra
 import lightning as L
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -19,7 +19,7 @@ from .data.decode import ImageDecodeError
 from .data.sources import DataSourceError
 from .hardware import validate_hardware
 from .models import count_macs, count_params
-from .models.checkpoint import CheckpointError
+from .models.checkpoint import CONFIG_KEY, CheckpointError
 from .module import CvTModule
 from .resume import (BATCH_KEY, LENGTH_KEY, check_batch_split, check_resumed_settings,
                      read_resume_state, resolve_ckpt_path, resume_wandb, run_shape, wandb_run_id,
@@ -66,7 +66,9 @@ def run(cfg: DictConfig) -> dict[str, float]:
                            scheduler=plain(cfg.scheduler), num_classes=datamodule.num_classes,
                            label_smoothing=cfg.augment.get("label_smoothing", 0.0),
                            ema_decay=cfg.get("ema_decay"), compile=plain(cfg.get("compile", False)),
-                           channels_last=cfg.get("channels_last", False))
+                           channels_last=cfg.get("channels_last", False),
+                           # its weights replace model.pretrained's: those are not read
+                           replaced_by=(ckpt or {}).get(CONFIG_KEY))
     except (OSError, CheckpointError) as err:  # the message says what is wrong with the weights
         if not cfg.model.get("pretrained"):
             raise
@@ -101,12 +103,11 @@ def run(cfg: DictConfig) -> dict[str, float]:
         best_so_far = float(module.val_acc1_best.max_value)  # restored on a resume
         if cfg.train and "val/acc1_best" not in metrics and math.isfinite(best_so_far):
             metrics["val/acc1_best"] = best_so_far  # a finished run resumed: nothing validated
+        tested = ckpt_path  # the checkpoint the test runs on (None: the weights in memory)
         if cfg.test:
-            ckpt = ckpt_path
-            best = _best_checkpoint(trainer)
-            if cfg.train:
-                ckpt = best or None  # after fit: test the best weights, not the last ones
-            trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+            if cfg.train:  # after fit: test the best weights, not the last ones (when kept)
+                tested = _best_checkpoint(trainer)
+            trainer.test(module, datamodule=datamodule, ckpt_path=tested, weights_only=True)
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items()})
     except SIGTERMException:  # RunGuard saved last.ckpt and said where
         _finish_wandb(loggers, exit_code=SIGTERM_EXIT)
@@ -121,8 +122,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
             {"run dir": cfg.paths.output_dir,
              # without training, the best path is the one restored from ckpt_path's callback state
              "best ckpt": _best_checkpoint(trainer) if cfg.train else None,
-             "tested ckpt": ckpt_path if not cfg.train else None,
-             "tested weights": cfg.model.pretrained if tests_pretrained else None,
+             "tested ckpt": tested if cfg.test else None,
+             "tested weights": cfg.model.pretrained if tests_pretrained else
+                               "the final ones (no best checkpoint)" if cfg.test and not tested
+                               else None,
              "last ckpt": guard.last if guard.last.exists() else None,
              # (a disabled W&B run names a folder it never writes)
              "wandb": next((lg.experiment.dir for lg in loggers if isinstance(lg, WandbLogger)
@@ -133,8 +136,10 @@ def run(cfg: DictConfig) -> dict[str, float]:
 
 
 def _best_checkpoint(trainer: L.Trainer) -> str | None:
-    callback = trainer.checkpoint_callback
-    return callback.best_model_path or None if isinstance(callback, ModelCheckpoint) else None
+    """The file of the checkpoint callback that keeps the best by a metric (val/acc1). A
+    callback without a monitor (last.ckpt's) also sets best_model_path: to the latest file."""
+    return next((c.best_model_path for c in trainer.checkpoint_callbacks
+                 if getattr(c, "monitor", None) and c.best_model_path), None)
 
 
 def _finish_wandb(loggers: list[Any], exit_code: int | None = None) -> None:
