@@ -103,13 +103,25 @@ def warnings_of_ours(nb: nbformat.NotebookNode) -> list[str]:
     return [line for line in text.splitlines() if "cvt_lab" in line and "Warning: " in line]
 
 
+# a check that a notebook's model holds the weights its run tested: with ema_decay, those of
+# the EMA (ema.module.*), which differ from the trained ones (net.*)
+TESTED_WEIGHTS = ("import torch\n"
+                  "state = torch.load({ckpt}, weights_only=True)['state_dict']\n"
+                  "assert not torch.equal(state['net.head.weight'], state['ema.module.head.weight'])\n"
+                  "for k, v in {model}.state_dict().items():\n"
+                  "    assert torch.equal(v, state['ema.module.' + k]), k\n")
+
+
 # Per notebook: tiny parameters, checks run in its kernel at the end, texts its outputs must
-# show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all.
+# show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all
+# (a case that sets its own EXTRA_OVERRIDES starts them with TINY).
 # Two epochs (of two batches): a notebook's one warmup epoch then leaves steps to decay in.
 CASES = {
     "01_inference": dict(
-        params={"EPOCHS": 2, "NUM_DIGITS": 3},
+        # with an EMA, what the run tested (and the notebook exports) is the EMA's weights
+        params={"EPOCHS": 2, "NUM_DIGITS": 3, "EXTRA_OVERRIDES": TINY + ["ema_decay=0.5"]},
         checks="from pathlib import Path\n"
+               f"{TESTED_WEIGHTS.format(model='trained', ckpt='best')}"
                "assert Path(MODEL).is_relative_to(WORK_DIR), MODEL\n"
                "assert (Path(MODEL) / 'config.json').is_file() and (Path(MODEL) / 'model.safetensors').is_file()\n"
                "assert class_names == [str(i) for i in range(10)] and logits.shape == (5, 10)\n",
@@ -137,8 +149,9 @@ CASES = {
                "(paper, CvT-13 at 224 px: 1.45x)"],
         figures=3),  # the report's chart, val/acc1 and val/loss per variant
     "04_attention_maps": dict(
-        params={"EPOCHS": 2, "NUM_IMAGES": 2},
-        checks="assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
+        params={"EPOCHS": 2, "NUM_IMAGES": 2, "EXTRA_OVERRIDES": TINY + ["ema_decay=0.5"]},
+        checks=f"{TESTED_WEIGHTS.format(model='model', ckpt='CHECKPOINT')}"
+               "assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
                "(1, (8, 8), (4, 4)), (2, (4, 4), (2, 2)), (2, (4, 4), (2, 2))]\n"
                "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
         texts=["queries (4, 4), keys (2, 2) + cls token"],
