@@ -174,3 +174,24 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
         assert outputs.count(text) == 1, text
     assert not warnings_of_ours(nb)
     assert images_shown(nb) == case["figures"]
+
+
+@pytest.mark.slow
+def test_notebook_03_draws_every_job_of_a_sweep_with_seeds(tmp_path):
+    # SWEEP_DIR of `-m experiment=ablation/kv_stride seed=1,2`: the learning curves were keyed
+    # by variant alone, so each variant's second seed replaced its first, unsaid
+    from test_report import job_started_but_never_logged
+
+    sweep = tmp_path / "sweep"
+    for job, (variant, seed) in enumerate([("stride1", 1), ("stride1", 2), ("stride2", 1), ("stride2", 2)]):
+        job_dir = sweep / str(job)
+        job_started_but_never_logged(job_dir, "experiment=ablation/kv_stride",
+                                     f"variant={variant}", f"seed={seed}")
+        acc = 0.5 + job / 10
+        (job_dir / "metrics.json").write_text(json.dumps({"val/acc1_best": acc}))
+        (job_dir / "csv").mkdir()
+        (job_dir / "csv" / "metrics.csv").write_text(f"step,val/acc1,val/loss\n9,{acc},1.0\n")
+    checks = ("assert {label: path.name for label, path in runs.items()} == {'stride1 seed=1': '0', "
+              "'stride1 seed=2': '1', 'stride2 seed=1': '2', 'stride2 seed=2': '3'}, runs\n")
+    execute("03_ablation_analysis.ipynb", {"WORK_DIR": str(tmp_path), "SWEEP_DIR": str(sweep)},
+            checks, tmp_path)
