@@ -191,7 +191,14 @@ def test_notebook_03_draws_every_job_of_a_sweep_with_seeds(tmp_path):
         (job_dir / "metrics.json").write_text(json.dumps({"val/acc1_best": acc}))
         (job_dir / "csv").mkdir()
         (job_dir / "csv" / "metrics.csv").write_text(f"step,val/acc1,val/loss\n9,{acc},1.0\n")
+    # a job that failed before it logged anything (its metrics.csv never written): the report
+    # lists it as failed, and the curves, which have nothing of it to draw, leave it out
+    job_started_but_never_logged(sweep / "4", "experiment=ablation/kv_stride", "variant=stride1", "seed=3")
+    (sweep / "4" / "failed.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
     checks = ("assert {label: path.name for label, path in runs.items()} == {'stride1 seed=1': '0', "
-              "'stride1 seed=2': '1', 'stride2 seed=1': '2', 'stride2 seed=2': '3'}, runs\n")
-    execute("03_ablation_analysis.ipynb", {"WORK_DIR": str(tmp_path), "SWEEP_DIR": str(sweep)},
-            checks, tmp_path)
+              "'stride1 seed=2': '1', 'stride2 seed=1': '2', 'stride2 seed=2': '3'}, runs\n"
+              "assert [job.status for job in result['jobs']] == ['ok'] * 4 + ['failed']\n")
+    nb = execute("03_ablation_analysis.ipynb", {"WORK_DIR": str(tmp_path), "SWEEP_DIR": str(sweep)},
+                 checks, tmp_path)
+    outputs = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
+    assert "not drawn (nothing logged): 4 (stride1 seed=3)" in outputs
