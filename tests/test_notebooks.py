@@ -103,13 +103,25 @@ def warnings_of_ours(nb: nbformat.NotebookNode) -> list[str]:
     return [line for line in text.splitlines() if "cvt_lab" in line and "Warning: " in line]
 
 
+# a check that a notebook's model holds the weights its run tested: with ema_decay, those of
+# the EMA (ema.module.*), which differ from the trained ones (net.*)
+TESTED_WEIGHTS = ("import torch\n"
+                  "state = torch.load({ckpt}, weights_only=True)['state_dict']\n"
+                  "assert not torch.equal(state['net.head.weight'], state['ema.module.head.weight'])\n"
+                  "for k, v in {model}.state_dict().items():\n"
+                  "    assert torch.equal(v, state['ema.module.' + k]), k\n")
+
+
 # Per notebook: tiny parameters, checks run in its kernel at the end, texts its outputs must
-# show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all.
+# show, and how many figures it draws. WORK_DIR and EXTRA_OVERRIDES=TINY are added to all
+# (a case that sets its own EXTRA_OVERRIDES starts them with TINY).
 # Two epochs (of two batches): a notebook's one warmup epoch then leaves steps to decay in.
 CASES = {
     "01_inference": dict(
-        params={"EPOCHS": 2, "NUM_DIGITS": 3},
+        # with an EMA, what the run tested (and the notebook exports) is the EMA's weights
+        params={"EPOCHS": 2, "NUM_DIGITS": 3, "EXTRA_OVERRIDES": TINY + ["ema_decay=0.5"]},
         checks="from pathlib import Path\n"
+               f"{TESTED_WEIGHTS.format(model='trained', ckpt='best')}"
                "assert Path(MODEL).is_relative_to(WORK_DIR), MODEL\n"
                "assert (Path(MODEL) / 'config.json').is_file() and (Path(MODEL) / 'model.safetensors').is_file()\n"
                "assert class_names == [str(i) for i in range(10)] and logits.shape == (5, 10)\n",
@@ -137,8 +149,9 @@ CASES = {
                "(paper, CvT-13 at 224 px: 1.45x)"],
         figures=3),  # the report's chart, val/acc1 and val/loss per variant
     "04_attention_maps": dict(
-        params={"EPOCHS": 2, "NUM_IMAGES": 2},
-        checks="assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
+        params={"EPOCHS": 2, "NUM_IMAGES": 2, "EXTRA_OVERRIDES": TINY + ["ema_decay=0.5"]},
+        checks=f"{TESTED_WEIGHTS.format(model='model', ckpt='CHECKPOINT')}"
+               "assert [(m['stage'], m['q_hw'], m['kv_hw']) for m in maps] == [(0, (16, 16), (8, 8)), "
                "(1, (8, 8), (4, 4)), (2, (4, 4), (2, 2)), (2, (4, 4), (2, 2))]\n"
                "assert str(CHECKPOINT).startswith(WORK_DIR)\n",
         texts=["queries (4, 4), keys (2, 2) + cls token"],
@@ -161,3 +174,31 @@ def test_notebook_runs_top_to_bottom(name, tmp_path):
         assert outputs.count(text) == 1, text
     assert not warnings_of_ours(nb)
     assert images_shown(nb) == case["figures"]
+
+
+@pytest.mark.slow
+def test_notebook_03_draws_every_job_of_a_sweep_with_seeds(tmp_path):
+    # SWEEP_DIR of `-m experiment=ablation/kv_stride seed=1,2`: the learning curves were keyed
+    # by variant alone, so each variant's second seed replaced its first, unsaid
+    from test_report import job_started_but_never_logged
+
+    sweep = tmp_path / "sweep"
+    for job, (variant, seed) in enumerate([("stride1", 1), ("stride1", 2), ("stride2", 1), ("stride2", 2)]):
+        job_dir = sweep / str(job)
+        job_started_but_never_logged(job_dir, "experiment=ablation/kv_stride",
+                                     f"variant={variant}", f"seed={seed}")
+        acc = 0.5 + job / 10
+        (job_dir / "metrics.json").write_text(json.dumps({"val/acc1_best": acc}))
+        (job_dir / "csv").mkdir()
+        (job_dir / "csv" / "metrics.csv").write_text(f"step,val/acc1,val/loss\n9,{acc},1.0\n")
+    # a job that failed before it logged anything (its metrics.csv never written): the report
+    # lists it as failed, and the curves, which have nothing of it to draw, leave it out
+    job_started_but_never_logged(sweep / "4", "experiment=ablation/kv_stride", "variant=stride1", "seed=3")
+    (sweep / "4" / "failed.json").write_text(json.dumps({"error": "RuntimeError: out of memory"}))
+    checks = ("assert {label: path.name for label, path in runs.items()} == {'stride1 seed=1': '0', "
+              "'stride1 seed=2': '1', 'stride2 seed=1': '2', 'stride2 seed=2': '3'}, runs\n"
+              "assert [job.status for job in result['jobs']] == ['ok'] * 4 + ['failed']\n")
+    nb = execute("03_ablation_analysis.ipynb", {"WORK_DIR": str(tmp_path), "SWEEP_DIR": str(sweep)},
+                 checks, tmp_path)
+    outputs = json.dumps([c.outputs for c in nb.cells if c.cell_type == "code"])
+    assert "not drawn (nothing logged): 4 (stride1 seed=3)" in outputs

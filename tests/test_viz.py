@@ -217,3 +217,19 @@ def test_attention_colours_start_at_zero(tiny_maps):
     viz.plot_attention(ax, image, maps[-1], "cls")
     low, high = ax.images[1].get_clim()
     assert low == 0.0 and high == pytest.approx(viz.attention_grid(maps[-1], "cls")[0].max())
+
+
+def test_images_of_any_pil_mode_are_drawn_in_their_colours():
+    # a palette PNG ('P') was drawn as its palette indices through a colour map (false colours),
+    # a grey one ('L') through viridis; they are drawn as the RGB the data pipeline decodes
+    rng = np.random.default_rng(2)
+    rgb = Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8))
+    palette, grey = rgb.quantize(colors=16), rgb.convert("L")
+    fig = viz.plot_images([palette, grey], cols=2)
+    for ax, image in zip(fig.axes, (palette, grey)):
+        assert np.array_equal(ax.images[0].get_array(), np.asarray(image.convert("RGB")))
+    fig, ax = plt.subplots()
+    m = {"stage": 0, "block": 0, "attn": torch.full((1, 1, 4, 1), 1.0), "q_hw": (2, 2),
+         "kv_hw": (1, 1), "has_cls": False}
+    viz.plot_attention(ax, palette, m, 0)
+    assert np.array_equal(ax.images[0].get_array(), np.asarray(palette.convert("RGB")))

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 
 if TYPE_CHECKING:
     from .data.transforms import EvalTransform
@@ -31,10 +32,16 @@ def _figure(*args: Any, **kwargs: Any):
 
 
 def _hwc(image: Any) -> np.ndarray:
-    """A PIL image, (H, W, C) array or (C, H, W) tensor (a model input) -> (H, W, C) array."""
+    """A PIL image, (H, W, C) array or (C, H, W) tensor (a model input) -> (H, W, C) array.
+    A PIL image of any mode comes as the RGB the data pipeline decodes it to (a palette or
+    grey image's own array would be drawn through a colour map)."""
     if isinstance(image, torch.Tensor):
         image = image.detach().cpu()
         return (image.permute(1, 2, 0) if image.ndim == 3 else image).numpy()
+    if isinstance(image, Image.Image):
+        from .data.decode import to_rgb
+
+        image = to_rgb(image)
     return np.asarray(image)
 
 
