@@ -261,3 +261,23 @@ def test_a_nan_objective_is_no_value(make_cfg, monkeypatch, caplog):
     assert sweep_module.objective(cfg, {"val/loss": float("nan")}) is None
     assert "optimized_metric=val/loss is nan in this job" in caplog.text
     assert sweep_module.objective(cfg, {"val/loss": float("inf")}) == float("inf")  # just bad
+
+
+def test_the_seeds_of_one_variant_get_distinct_wandb_run_names(monkeypatch):
+    # `variant=none,all seed=1,2,3`: the three seeds of a variant were all named
+    # '<task>-<variant>' in W&B, so its run list could not tell them apart
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    def named(variant, job):
+        cfg = OmegaConf.create({"task_name": "ablation_kv_stride", "variant": variant,
+                                "logger": {"wandb": {"name": "ablation_kv_stride", "group": None}}})
+        hydra = SimpleNamespace(job=SimpleNamespace(num=job), sweep=SimpleNamespace(dir="/x/t0"))
+        monkeypatch.setattr(sweep_module.HydraConfig, "get", staticmethod(lambda: hydra))
+        sweep_module.name_wandb_run(cfg)
+        return cfg.logger.wandb.name, cfg.logger.wandb.group
+
+    assert named("stride1", 0) == ("ablation_kv_stride-stride1-0", "ablation_kv_stride-t0")
+    assert named("stride1", 3) == ("ablation_kv_stride-stride1-3", "ablation_kv_stride-t0")
+    assert named(None, 2) == ("ablation_kv_stride-2", "ablation_kv_stride-t0")

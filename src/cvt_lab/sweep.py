@@ -69,7 +69,8 @@ def objective(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
 
 
 def name_wandb_run(cfg: DictConfig) -> None:
-    """Group a sweep's W&B runs by the sweep directory and name each by its job/variant."""
+    """Group a sweep's W&B runs by the sweep directory and name each by its variant (if any)
+    and job number: the seeds of one variant are runs of their own."""
     wandb_cfg = (cfg.get("logger") or {}).get("wandb")
     if not wandb_cfg:
         return
@@ -78,7 +79,7 @@ def name_wandb_run(cfg: DictConfig) -> None:
         if wandb_cfg.get("group") is None:
             wandb_cfg.group = wandb_group(cfg.task_name, hydra_cfg.sweep.dir)
         if wandb_cfg.get("name") == cfg.task_name:
-            label = cfg.get("variant") or hydra_cfg.job.num
+            label = "-".join(str(p) for p in (cfg.get("variant"), hydra_cfg.job.num) if p is not None)
             wandb_cfg.name = f"{cfg.task_name}-{label}"
 
 
