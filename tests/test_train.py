@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import re
 import shutil
 from pathlib import Path
@@ -166,3 +167,16 @@ def test_a_fine_tuned_checkpoint_is_evaluated_without_the_pretrained_weights_it_
     net = CvTModule.load_from_checkpoint(last, weights_only=True).net.eval()
     assert net.config.activation == "gelu"  # as the transformers weights it started from
     assert metrics["test/acc1"] == pytest.approx(hand_top1(cfg, net), abs=1e-6)
+
+
+def test_validate_knows_every_metric_a_run_logs(tmp_path):
+    # validate.LOGGED_METRICS refuses a mistyped optimized_metric or checkpoint monitor: it must
+    # list exactly what a run logs (the lr monitor's lr-* aside)
+    from cvt_lab.validate import LOGGED_METRICS
+
+    returned = run(compose_config([*SHORT, "+trainer.limit_val_batches=1",
+                                   ], tmp_path))
+    with (tmp_path / "csv" / "metrics.csv").open() as f:
+        columns = next(csv.reader(f))
+    logged = {c for c in [*columns, *returned] if c not in ("epoch", "step") and not c.startswith("lr-")}
+    assert logged == set(LOGGED_METRICS)

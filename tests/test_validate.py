@@ -337,3 +337,22 @@ def test_a_groups_shared_base_file_is_refused_as_an_option(tmp_path, choice, opt
             f"{choice} is the base file the {group} options share, not an option: choose one "
             f"of {options}")):
         validate(cfg_for(tmp_path, choice))
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optimized_metric=val/acc", "optimized_metric=val/acc is not a metric cvt-lab logs; did you "
+                                 "mean optimized_metric=val/acc1 or optimized_metric=val/acc5? It "
+                                 "logs: train/loss, "),
+    ("callbacks.model_checkpoint.monitor=val/los", "callbacks.model_checkpoint.monitor=val/los is "
+                                                   "not a metric cvt-lab logs; did you mean "
+                                                   "callbacks.model_checkpoint.monitor=val/loss?"),
+    ("callbacks.model_checkpoint.monitor=test/acc1", "callbacks.model_checkpoint.monitor=test/acc1 "
+                                                     "is not a metric cvt-lab logs"),  # not in fit
+])
+def test_a_mistyped_metric_is_refused_before_training(override, message, tmp_path):
+    # a monitor typo failed after the first epoch; an optimized_metric typo made every Optuna
+    # trial train to the end and count as failed
+    with pytest.raises(ConfigError) as err:
+        validate(cfg_for(tmp_path, override))
+    assert str(err.value).startswith(message)
+    validate(cfg_for(tmp_path, "optimized_metric=test/acc1"))  # a test metric can be the objective

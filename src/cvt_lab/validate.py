@@ -64,6 +64,7 @@ def validate(cfg: DictConfig) -> None:
     _check_types(cfg)
     _check_unknown_keys(cfg, config_dir())
     _check_run_mode(cfg)
+    _check_metric_names(cfg)
     _check_model(cfg)
     if cfg.data.num_classes is None and cfg.data.get("source") != "folder":
         raise ConfigError(f"data.num_classes is not set for {cfg.data.name}: set "
@@ -233,6 +234,28 @@ def _check_types(cfg: DictConfig) -> None:
         if not ok(value):
             shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
             raise ConfigError(f"{key}={shown!r} ({type(shown).__name__}) must be {what}")
+
+
+# Every metric a run logs (module.py, callbacks.TrainThroughput; the lr monitor adds lr-*).
+# A test checks this list against what a real run logs.
+LOGGED_METRICS = ("train/loss", "train/loss_epoch", "train/acc1", "train/acc5", "train/img_per_sec",
+                  "val/loss", "val/acc1", "val/acc5", "val/acc1_best",
+                  "test/loss", "test/acc1", "test/acc5")
+
+
+def _check_metric_names(cfg: DictConfig) -> None:
+    """A mistyped metric would waste the run: a checkpoint monitor fails after the first
+    epoch, an Optuna search runs every trial to the end for no value."""
+    fit = tuple(m for m in LOGGED_METRICS if not m.startswith("test/"))
+    keys = [("optimized_metric", cfg.get("optimized_metric"), LOGGED_METRICS)]
+    keys += [(f"callbacks.{name}.monitor", cb.get("monitor"), fit)
+             for name, cb in (cfg.get("callbacks") or {}).items() if OmegaConf.is_dict(cb)]
+    for key, metric, known in keys:
+        if metric is not None and metric not in known:
+            close = sorted(difflib.get_close_matches(str(metric), known, n=2))
+            did = f"; did you mean {' or '.join(f'{key}={c}' for c in close)}?" if close else "."
+            raise ConfigError(f"{key}={metric} is not a metric cvt-lab logs{did} It logs: "
+                              f"{', '.join(known)}")
 
 
 def _check_run_mode(cfg: DictConfig) -> None:
