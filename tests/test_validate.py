@@ -344,10 +344,15 @@ def test_a_groups_shared_base_file_is_refused_as_an_option(tmp_path, choice, opt
                                  "mean optimized_metric=val/acc1 or optimized_metric=val/acc5? It "
                                  "logs: train/loss, "),
     ("callbacks.model_checkpoint.monitor=val/los", "callbacks.model_checkpoint.monitor=val/los is "
-                                                   "not a metric cvt-lab logs; did you mean "
-                                                   "callbacks.model_checkpoint.monitor=val/loss?"),
+                                                   "not a metric cvt-lab logs while training; did "
+                                                   "you mean callbacks.model_checkpoint.monitor="
+                                                   "val/loss?"),
+    # test/* are logged, but by the test after training: no checkpoint can be kept by them
     ("callbacks.model_checkpoint.monitor=test/acc1", "callbacks.model_checkpoint.monitor=test/acc1 "
-                                                     "is not a metric cvt-lab logs"),  # not in fit
+                                                     "is not a metric cvt-lab logs while training; "
+                                                     "did you mean callbacks.model_checkpoint."
+                                                     "monitor=val/acc1? It logs while training: "
+                                                     "train/loss, "),
 ])
 def test_a_mistyped_metric_is_refused_before_training(override, message, tmp_path):
     # a monitor typo failed after the first epoch; an optimized_metric typo made every Optuna

@@ -247,15 +247,17 @@ def _check_metric_names(cfg: DictConfig) -> None:
     """A mistyped metric would waste the run: a checkpoint monitor fails after the first
     epoch, an Optuna search runs every trial to the end for no value."""
     fit = tuple(m for m in LOGGED_METRICS if not m.startswith("test/"))
-    keys = [("optimized_metric", cfg.get("optimized_metric"), LOGGED_METRICS)]
-    keys += [(f"callbacks.{name}.monitor", cb.get("monitor"), fit)
+    keys = [("optimized_metric", cfg.get("optimized_metric"), LOGGED_METRICS, "")]
+    keys += [(f"callbacks.{name}.monitor", cb.get("monitor"), fit, " while training")
              for name, cb in (cfg.get("callbacks") or {}).items() if OmegaConf.is_dict(cb)]
-    for key, metric, known in keys:
+    for key, metric, known, when in keys:
         if metric is not None and metric not in known:
-            close = sorted(difflib.get_close_matches(str(metric), known, n=2))
+            val = str(metric).replace("test/", "val/", 1)  # a test metric: its val/ twin
+            close = ([val] if val in known
+                     else sorted(difflib.get_close_matches(str(metric), known, n=2)))
             did = f"; did you mean {' or '.join(f'{key}={c}' for c in close)}?" if close else "."
-            raise ConfigError(f"{key}={metric} is not a metric cvt-lab logs{did} It logs: "
-                              f"{', '.join(known)}")
+            raise ConfigError(f"{key}={metric} is not a metric cvt-lab logs{when}{did} It "
+                              f"logs{when}: {', '.join(known)}")
 
 
 def _check_run_mode(cfg: DictConfig) -> None:
