@@ -5,10 +5,11 @@ Reads every job under the directory (``<job>/.hydra/{overrides,config}.yaml`` an
 ``csv/metrics.csv`` for a job that was killed or is still running), adds the model's
 parameter count and MACs computed from the job's model config, and writes
 ``report.md``, ``report.csv`` and ``report.png`` (metric per variant, parameters and MACs
-beside it) into the directory. When a setting ran with several seeds (``seed=1,2,3``), the
-report adds its mean, standard deviation and range over the seeds (``report_seeds.csv``),
-and names the best job and the best setting. Ablation sweeps (``experiment=ablation/...``) also get the
-paper's numbers per variant. With W&B online the table is logged there as well.
+beside it) into the directory, and names the best finished job. When a setting ran with
+several seeds (``seed=1,2,3``), the report adds its mean, standard deviation and range over the
+seeds (``report_seeds.csv``) and names the best setting by mean. Ablation sweeps
+(``experiment=ablation/...``) also get the paper's numbers per variant. With W&B online the
+table is logged there as well.
 """
 
 from __future__ import annotations
