@@ -174,8 +174,7 @@ def test_validate_knows_every_metric_a_run_logs(tmp_path):
     # list exactly what a run logs (the lr monitor's lr-* aside)
     from cvt_lab.validate import LOGGED_METRICS
 
-    returned = run(compose_config([*SHORT, "+trainer.limit_val_batches=1",
-                                   ], tmp_path))
+    returned = run(compose_config([*SHORT, "+trainer.limit_val_batches=1"], tmp_path))
     with (tmp_path / "csv" / "metrics.csv").open() as f:
         columns = next(csv.reader(f))
     logged = {c for c in [*columns, *returned] if c not in ("epoch", "step") and not c.startswith("lr-")}
