@@ -79,6 +79,16 @@ def test_settings_that_cannot_run_fail_with_the_fix(overrides, message):
         check(*overrides)
 
 
+def test_a_multirun_with_several_devices_and_no_strategy_is_refused_like_ddp():
+    # strategy=auto with 2 devices is Lightning's "ddp": each child re-ran the whole sweep
+    with pytest.raises(HardwareError, match=re.escape(
+            "trainer.strategy=auto (ddp for 2 processes) inside a multirun (-m) re-runs the "
+            "command line")):
+        check("trainer=cpu", "trainer.devices=2", "hydra.mode=MULTIRUN")
+    check("trainer=cpu", "trainer.devices=2", "hydra.mode=MULTIRUN",
+          "+trainer.strategy=ddp_spawn", "~logger.csv")
+
+
 def test_gpu_trainer_without_cuda_names_the_cpu_trainers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(HardwareError, match=r"no CUDA GPU is visible .*use trainer=cpu"):

@@ -170,11 +170,14 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
         return
     hydra_cfg = HydraConfig.get()
     strategy = str(trainer.get("strategy", "auto"))
+    shown = strategy
+    if strategy == "auto":  # what Lightning picks for several processes outside a notebook
+        strategy, shown = "ddp", f"auto (ddp for {world_size(trainer)} processes)"
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if (hydra_cfg.mode == RunMode.MULTIRUN and strategy in SUBPROCESS_STRATEGIES
             and not launcher.endswith("SlurmLauncher")):
         raise HardwareError(
-            f"trainer.strategy={strategy} inside a multirun (-m) re-runs the command line in "
+            f"trainer.strategy={shown} inside a multirun (-m) re-runs the command line in "
             "each child process, which re-launches the whole sweep (a known Lightning+Hydra "
             "limitation); use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps "
             "(Lightning's CSVLogger loses its header between a spawned fit and test), or "
