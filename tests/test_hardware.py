@@ -89,6 +89,18 @@ def test_a_multirun_with_several_devices_and_no_strategy_is_refused_like_ddp():
           "+trainer.strategy=ddp_spawn", "~logger.csv")
 
 
+@pytest.mark.parametrize("devices", ["-1", "[0,1]"])
+def test_cpu_devices_other_than_a_process_count_fail_before_the_trainer(devices, monkeypatch):
+    # Lightning took -1 ("all devices") and device indices only for GPUs: on the CPU they
+    # raised TypeError at Trainer(...), after the data and the model were built
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for accelerator in ("cpu", "auto"):
+        with pytest.raises(HardwareError, match=re.escape(
+                "on the CPU trainer.devices is the number of processes (an integer >= 1, or "
+                "auto = 1), not -1 or device indices; use e.g. trainer.devices=2")):
+            check(f"trainer.devices={devices}", f"trainer.accelerator={accelerator}")
+
+
 def test_gpu_trainer_without_cuda_names_the_cpu_trainers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(HardwareError, match=r"no CUDA GPU is visible .*use trainer=cpu"):

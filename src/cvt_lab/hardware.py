@@ -39,6 +39,13 @@ def uses_gpu(trainer: dict[str, Any]) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def on_cpu(trainer: dict[str, Any]) -> bool:
+    """Whether Lightning runs on the CPU (``auto`` picks MPS, then CUDA, then the CPU)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not uses_gpu(trainer)
+                                    and not torch.backends.mps.is_available())
+
+
 def devices_per_node(trainer: dict[str, Any]) -> int:
     """How many processes Lightning starts per node for ``trainer.devices``."""
     devices = trainer.get("devices", "auto")
@@ -80,6 +87,12 @@ def _check_devices(trainer: dict[str, Any]) -> None:
             f"trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible "
             "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=ddp_cpu), or "
             "install a CUDA build of PyTorch")
+    devices = trainer.get("devices", "auto")
+    if on_cpu(trainer) and not (devices == "auto" or str(devices).strip().isdigit()):
+        raise HardwareError(  # Lightning's TypeError came at Trainer(...), after data and model
+            f"trainer.devices={devices}: on the CPU trainer.devices is the number of processes "
+            "(an integer >= 1, or auto = 1), not -1 or device indices; use e.g. "
+            "trainer.devices=2 (trainer=ddp_cpu) or trainer.devices=1")
     if uses_gpu(trainer) and devices_per_node(trainer) > torch.cuda.device_count():
         raise HardwareError(
             f"trainer.devices={trainer.get('devices')} asks for more GPUs than the "
