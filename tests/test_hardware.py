@@ -143,6 +143,25 @@ def test_torchrun_or_srun_processes_need_one_shared_run_dir(monkeypatch):
     check("trainer=cpu")  # one process: nothing to share
 
 
+def test_several_nodes_need_a_launcher_that_starts_the_others(monkeypatch):
+    # started by hand, rank 0 waited (30 min, torch's default) for the other nodes' processes
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "LSB_JOBID", "NODE_RANK", "GROUP_RANK",
+                 "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(HardwareError, match=re.escape(
+            "trainer.num_nodes=2 but no launcher started this run on the nodes (SLURM: srun or "
+            "hydra/launcher=slurm; torchrun; LSF; MPI; or NODE_RANK and MASTER_ADDR set by "
+            "hand): it would wait for the other nodes' processes until the timeout; start it "
+            "on every node, e.g. torchrun --nnodes 2")):
+        check("trainer=ddp_cpu", "trainer.num_nodes=2", "data.batch_size=64")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")  # torchrun
+    check("trainer=ddp_cpu", "trainer.num_nodes=2", "hydra.run.dir=/tmp/shared_run")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setenv("NODE_RANK", "1")  # by hand: Lightning's own environment variables
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    check("trainer=ddp_cpu", "trainer.num_nodes=2")
+
+
 def test_slurm_tasks_must_be_the_trainers_processes(monkeypatch):
     # hydra/launcher=slurm starts 8 tasks per node by default: with a one-process trainer each
     # task ran the whole training again (same run dir, same GPU)

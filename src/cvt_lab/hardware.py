@@ -77,6 +77,7 @@ def validate_hardware(cfg: DictConfig) -> None:
             "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
             "set trainer.sync_batchnorm=false (trainer=ddp_cpu does)")
     _check_hydra_under_ddp(trainer)
+    _check_nodes_launched(trainer)
     _check_slurm_tasks(trainer)
     _check_csv_under_spawn(cfg)
 
@@ -203,6 +204,25 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
             "processes started by torchrun/srun each pick their own time-stamped run dir; give "
             "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "
             "hydra.run.dir=logs/train/runs/$SLURM_JOB_ID)")
+
+
+def _check_nodes_launched(trainer: dict[str, Any]) -> None:
+    """Lightning starts the processes of this node only: with no cluster environment to join,
+    the first process waits for the other nodes' ranks until torch's timeout (30 min)."""
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment,
+                                                       SLURMEnvironment, TorchElasticEnvironment)
+
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    environments = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+    by_hand = any(os.environ.get(v) for v in ("NODE_RANK", "GROUP_RANK", "MASTER_ADDR"))
+    if nodes < 2 or by_hand or any(env.detect() for env in environments):
+        return
+    raise HardwareError(
+        f"trainer.num_nodes={nodes} but no launcher started this run on the nodes (SLURM: srun "
+        "or hydra/launcher=slurm; torchrun; LSF; MPI; or NODE_RANK and MASTER_ADDR set by "
+        "hand): it would wait for the other nodes' processes until the timeout; start it on "
+        f"every node, e.g. torchrun --nnodes {nodes} --nproc-per-node <GPUs> run.py ... (README), "
+        "or set trainer.num_nodes=1")
 
 
 def _check_csv_under_spawn(cfg: DictConfig) -> None:
