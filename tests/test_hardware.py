@@ -79,6 +79,28 @@ def test_settings_that_cannot_run_fail_with_the_fix(overrides, message):
         check(*overrides)
 
 
+def test_a_multirun_with_several_devices_and_no_strategy_is_refused_like_ddp():
+    # strategy=auto with 2 devices is Lightning's "ddp": each child re-ran the whole sweep
+    with pytest.raises(HardwareError, match=re.escape(
+            "trainer.strategy=auto (ddp for 2 processes) inside a multirun (-m) re-runs the "
+            "command line")):
+        check("trainer=cpu", "trainer.devices=2", "hydra.mode=MULTIRUN")
+    check("trainer=cpu", "trainer.devices=2", "hydra.mode=MULTIRUN",
+          "+trainer.strategy=ddp_spawn", "~logger.csv")
+
+
+@pytest.mark.parametrize("devices", ["-1", "[0,1]"])
+def test_cpu_devices_other_than_a_process_count_fail_before_the_trainer(devices, monkeypatch):
+    # Lightning took -1 ("all devices") and device indices only for GPUs: on the CPU they
+    # raised TypeError at Trainer(...), after the data and the model were built
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for accelerator in ("cpu", "auto"):
+        with pytest.raises(HardwareError, match=re.escape(
+                "on the CPU trainer.devices is the number of processes (an integer >= 1, or "
+                "auto = 1), not -1 or device indices; use e.g. trainer.devices=2")):
+            check(f"trainer.devices={devices}", f"trainer.accelerator={accelerator}")
+
+
 def test_gpu_trainer_without_cuda_names_the_cpu_trainers(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(HardwareError, match=r"no CUDA GPU is visible .*use trainer=cpu"):
@@ -119,6 +141,25 @@ def test_torchrun_or_srun_processes_need_one_shared_run_dir(monkeypatch):
         check("trainer=ddp_cpu")
     check("trainer=ddp_cpu", "hydra.run.dir=/tmp/shared_run")
     check("trainer=cpu")  # one process: nothing to share
+
+
+def test_several_nodes_need_a_launcher_that_starts_the_others(monkeypatch):
+    # started by hand, rank 0 waited (30 min, torch's default) for the other nodes' processes
+    for name in ("TORCHELASTIC_RUN_ID", "SLURM_NTASKS", "LSB_JOBID", "NODE_RANK", "GROUP_RANK",
+                 "MASTER_ADDR"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(HardwareError, match=re.escape(
+            "trainer.num_nodes=2 but no launcher started this run on the nodes (SLURM: srun or "
+            "hydra/launcher=slurm; torchrun; LSF; MPI; or NODE_RANK and MASTER_ADDR set by "
+            "hand): it would wait for the other nodes' processes until the timeout; start it "
+            "on every node, e.g. torchrun --nnodes 2")):
+        check("trainer=ddp_cpu", "trainer.num_nodes=2", "data.batch_size=64")
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job7")  # torchrun
+    check("trainer=ddp_cpu", "trainer.num_nodes=2", "hydra.run.dir=/tmp/shared_run")
+    monkeypatch.delenv("TORCHELASTIC_RUN_ID")
+    monkeypatch.setenv("NODE_RANK", "1")  # by hand: Lightning's own environment variables
+    monkeypatch.setenv("MASTER_ADDR", "10.0.0.1")
+    check("trainer=ddp_cpu", "trainer.num_nodes=2")
 
 
 def test_slurm_tasks_must_be_the_trainers_processes(monkeypatch):

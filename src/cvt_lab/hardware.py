@@ -39,6 +39,13 @@ def uses_gpu(trainer: dict[str, Any]) -> bool:
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
 
 
+def on_cpu(trainer: dict[str, Any]) -> bool:
+    """Whether Lightning runs on the CPU (``auto`` picks MPS, then CUDA, then the CPU)."""
+    accelerator = str(trainer.get("accelerator", "auto"))
+    return accelerator == "cpu" or (accelerator == "auto" and not uses_gpu(trainer)
+                                    and not torch.backends.mps.is_available())
+
+
 def devices_per_node(trainer: dict[str, Any]) -> int:
     """How many processes Lightning starts per node for ``trainer.devices``."""
     devices = trainer.get("devices", "auto")
@@ -70,6 +77,7 @@ def validate_hardware(cfg: DictConfig) -> None:
             "trainer.sync_batchnorm=true needs GPUs (PyTorch's SyncBatchNorm has no CPU kernel); "
             "set trainer.sync_batchnorm=false (trainer=ddp_cpu does)")
     _check_hydra_under_ddp(trainer)
+    _check_nodes_launched(trainer)
     _check_slurm_tasks(trainer)
     _check_csv_under_spawn(cfg)
 
@@ -80,6 +88,12 @@ def _check_devices(trainer: dict[str, Any]) -> None:
             f"trainer.accelerator={trainer.get('accelerator')} but no CUDA GPU is visible "
             "(torch.cuda.is_available() is False); use trainer=cpu (or trainer=ddp_cpu), or "
             "install a CUDA build of PyTorch")
+    devices = trainer.get("devices", "auto")
+    if on_cpu(trainer) and not (devices == "auto" or str(devices).strip().isdigit()):
+        raise HardwareError(  # Lightning's TypeError came at Trainer(...), after data and model
+            f"trainer.devices={devices}: on the CPU trainer.devices is the number of processes "
+            "(an integer >= 1, or auto = 1), not -1 or device indices; use e.g. "
+            "trainer.devices=2 (trainer=ddp_cpu) or trainer.devices=1")
     if uses_gpu(trainer) and devices_per_node(trainer) > torch.cuda.device_count():
         raise HardwareError(
             f"trainer.devices={trainer.get('devices')} asks for more GPUs than the "
@@ -170,11 +184,14 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
         return
     hydra_cfg = HydraConfig.get()
     strategy = str(trainer.get("strategy", "auto"))
+    shown = strategy
+    if strategy == "auto":  # what Lightning picks for several processes outside a notebook
+        strategy, shown = "ddp", f"auto (ddp for {world_size(trainer)} processes)"
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     if (hydra_cfg.mode == RunMode.MULTIRUN and strategy in SUBPROCESS_STRATEGIES
             and not launcher.endswith("SlurmLauncher")):
         raise HardwareError(
-            f"trainer.strategy={strategy} inside a multirun (-m) re-runs the command line in "
+            f"trainer.strategy={shown} inside a multirun (-m) re-runs the command line in "
             "each child process, which re-launches the whole sweep (a known Lightning+Hydra "
             "limitation); use trainer.strategy=ddp_spawn with ~logger.csv for local sweeps "
             "(Lightning's CSVLogger loses its header between a spawned fit and test), or "
@@ -187,6 +204,25 @@ def _check_hydra_under_ddp(trainer: dict[str, Any]) -> None:
             "processes started by torchrun/srun each pick their own time-stamped run dir; give "
             "them one: add hydra.run.dir=logs/<name>/runs/<id> to the command (e.g. "
             "hydra.run.dir=logs/train/runs/$SLURM_JOB_ID)")
+
+
+def _check_nodes_launched(trainer: dict[str, Any]) -> None:
+    """Lightning starts the processes of this node only: with no cluster environment to join,
+    the first process waits for the other nodes' ranks until torch's timeout (30 min)."""
+    from lightning.fabric.plugins.environments import (LSFEnvironment, MPIEnvironment,
+                                                       SLURMEnvironment, TorchElasticEnvironment)
+
+    nodes = int(trainer.get("num_nodes", 1) or 1)
+    environments = (TorchElasticEnvironment, SLURMEnvironment, LSFEnvironment, MPIEnvironment)
+    by_hand = any(os.environ.get(v) for v in ("NODE_RANK", "GROUP_RANK", "MASTER_ADDR"))
+    if nodes < 2 or by_hand or any(env.detect() for env in environments):
+        return
+    raise HardwareError(
+        f"trainer.num_nodes={nodes} but no launcher started this run on the nodes (SLURM: srun "
+        "or hydra/launcher=slurm; torchrun; LSF; MPI; or NODE_RANK and MASTER_ADDR set by "
+        "hand): it would wait for the other nodes' processes until the timeout; start it on "
+        f"every node, e.g. torchrun --nnodes {nodes} --nproc-per-node <GPUs> run.py ... (README), "
+        "or set trainer.num_nodes=1")
 
 
 def _check_csv_under_spawn(cfg: DictConfig) -> None:
