@@ -40,10 +40,11 @@ def build_network(model_cfg: dict[str, Any], num_classes: int,
         net = CvT(CvTConfig.build(**net_config))
     else:
         knobs = architecture_overrides(model_cfg)
-        if model_cfg.get("pretrained") and replaced_by is not None:
-            knobs.setdefault("activation", replaced_by["activation"])
-        elif model_cfg.get("pretrained"):
-            knobs["pretrained"] = model_cfg["pretrained"]
+        if model_cfg.get("pretrained"):
+            if replaced_by is None:
+                knobs["pretrained"] = model_cfg["pretrained"]
+            else:  # not read: only the activation those weights imply is taken, from the record
+                knobs.setdefault("activation", replaced_by["activation"])
         with rank_zero_logs("cvt_lab.models"):  # what loading the weights did: once per run
             net = create_model(model_cfg["name"], num_classes=num_classes, **knobs)
     if model_cfg.get("grad_checkpointing"):
